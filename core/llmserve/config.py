@@ -1,0 +1,107 @@
+"""Engine configuration: pydantic models, so every bad value names its field and range.
+
+``EngineArgs`` is the flat, vLLM-named set of knobs that ``LLM(...)`` and the CLI take;
+``EngineArgs.create_config`` resolves it against the model directory into ``EngineConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DType = Literal["auto", "float32", "bfloat16", "float16", "half", "float", "fp32", "bf16", "fp16"]
+
+_DTYPE_ALIASES = {"half": "float16", "fp16": "float16", "float": "float32", "fp32": "float32",
+                  "bf16": "bfloat16"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ModelConfig(_Frozen):
+    """Resolved model settings (the HF config itself stays in ``hf_config``)."""
+
+    model: str
+    tokenizer: str
+    #: torch dtype name after resolving "auto": float32, bfloat16 or float16.
+    dtype: str
+    max_model_len: int = Field(ge=1)
+    seed: int = 0
+    architecture: str
+    served_model_name: str
+
+
+class CacheConfig(_Frozen):
+    block_size: int = Field(16, ge=1, le=1024)
+    enable_prefix_caching: bool = True
+    #: Bytes of KV cache on the CPU platform (and an explicit budget anywhere).
+    kv_cache_memory: Optional[int] = Field(None, ge=1)
+    #: Fraction of device memory the engine may use (GPU platforms).
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    #: Fix the number of KV blocks (tests and benchmarks); overrides the memory budget.
+    num_gpu_blocks_override: Optional[int] = Field(None, ge=1)
+
+
+class SchedulerConfig(_Frozen):
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    max_model_len: int = Field(ge=1)
+    enable_chunked_prefill: bool = True
+    #: Name of a scheduling policy registered through the ``llmserve_scheduling_policies`` hook.
+    policy: str = "fcfs"
+    #: Bound on waiting requests; None means unbounded (the server sets one).
+    max_waiting_requests: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "SchedulerConfig":
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) when chunked prefill is disabled"
+            )
+        return self
+
+
+class EngineConfig(_Frozen):
+    model_config_: ModelConfig = Field(alias="model")
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    #: Platform name ("cpu", "cuda", ...) chosen through the platform hook.
+    device: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              protected_namespaces=())
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.model_config_
+
+
+class EngineArgs(BaseModel):
+    """Flat engine arguments with vLLM's names; the ``LLM`` constructor and the CLI take these."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Optional[str] = None
+    tokenizer: Optional[str] = None
+    served_model_name: Optional[str] = None
+    dtype: DType = "auto"
+    max_model_len: Optional[int] = Field(None, ge=1)
+    block_size: int = Field(16, ge=1, le=1024)
+    enable_prefix_caching: bool = True
+    kv_cache_memory: Optional[int] = Field(None, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    num_gpu_blocks_override: Optional[int] = Field(None, ge=1)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: Optional[int] = Field(None, ge=1)
+    enable_chunked_prefill: bool = True
+    scheduling_policy: str = "fcfs"
+    max_waiting_requests: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def canonical_dtype(self) -> str:
+        return _DTYPE_ALIASES.get(self.dtype, self.dtype)

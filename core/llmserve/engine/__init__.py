@@ -1,0 +1,1 @@
+"""The engine: requests, the core step loop and the offline front end."""

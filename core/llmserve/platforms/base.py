@@ -1,0 +1,45 @@
+"""What a hardware platform tells the engine: its device, dtypes, attention backend, memory."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+
+class Platform:
+    """Base class for hardware platforms; subclasses are contributed by plugins.
+
+    The engine asks every registered platform ``is_available()`` and takes the available one
+    with the highest ``priority`` unless the user names one with ``device=``.
+    """
+
+    name: ClassVar[str] = "base"
+    #: torch device type ("cpu", "cuda", ...).
+    device_type: ClassVar[str] = "cpu"
+    priority: ClassVar[int] = 0
+    #: Attention backend name (from the ``llmserve_attention_backends`` hook) used by default.
+    default_attention_backend: ClassVar[str] = "torch"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def device(cls) -> torch.device:
+        return torch.device(cls.device_type)
+
+    @classmethod
+    def resolve_dtype(cls, checkpoint_dtype: torch.dtype) -> torch.dtype:
+        """The dtype ``dtype="auto"`` picks for a checkpoint stored in ``checkpoint_dtype``."""
+        return checkpoint_dtype
+
+    @classmethod
+    def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float,
+                              model_bytes: int) -> int:
+        """Bytes to give the KV cache after the model is loaded and profiled."""
+        raise NotImplementedError
+
+    @classmethod
+    def synchronize(cls) -> None:
+        """Wait for queued device work (timing); a no-op on the CPU."""

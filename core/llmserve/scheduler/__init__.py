@@ -1,0 +1,1 @@
+"""Continuous batching: which requests run each step and how many tokens each."""
