@@ -101,6 +101,10 @@ class EngineArgs(BaseModel):
     max_waiting_requests: Optional[int] = Field(None, ge=1)
     seed: int = 0
     device: str = "auto"
+    #: "auto" reads the checkpoint; "dummy" fills random weights on the device (benchmarks).
+    load_format: Literal["auto", "dummy"] = "auto"
+    #: Run on token ids only: no tokenizer is loaded and nothing is detokenized.
+    skip_tokenizer_init: bool = False
 
     @property
     def canonical_dtype(self) -> str:

@@ -68,6 +68,9 @@ _TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "Qwen3ForCausalLM": dict(model_type="qwen3", head_dim=24),
 }
 
+#: Architectures ``make_tiny_model`` can build.
+TINY_ARCHITECTURES = list(_TINY_CONFIGS)
+
 
 def make_tiny_model(
     path: os.PathLike | str,

@@ -25,6 +25,9 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    #: Token ids that end the request (EOS unless ignore_eos, plus stop_token_ids); the
+    #: sampler masks them until ``min_tokens`` is reached.
+    stop_token_ids: frozenset[int] = frozenset()
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""The contract between the model runner and an attention backend.
+
+The runner flattens all scheduled tokens of all requests into one batch with no padding;
+``AttentionMetadata`` says where each sequence's queries start, how long each sequence is
+(cached context + new tokens), which cache slot each new token's K/V goes to, and each
+sequence's block table. Prefill chunks and decode tokens share one launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    num_tokens: int
+    num_seqs: int
+    max_query_len: int
+    max_seq_len: int
+    block_size: int
+    #: [num_seqs + 1] offsets of each sequence's first query token in the flat batch.
+    query_start_loc: torch.Tensor
+    #: [num_seqs] new tokens of each sequence in this step.
+    query_lens: torch.Tensor
+    #: [num_seqs] total tokens of each sequence after this step (context + new).
+    seq_lens: torch.Tensor
+    #: [num_seqs, max_blocks] block ids; entries past a sequence's length are unused.
+    block_tables: torch.Tensor
+    #: [num_tokens] flat cache slot (block_id * block_size + offset) of each new token.
+    slot_mapping: torch.Tensor
+    #: Anything a backend precomputes once per step in ``prepare`` (masks, split plans).
+    backend_state: Any = None
+
+
+@dataclass
+class ForwardContext:
+    """Everything a forward pass needs besides token ids and positions."""
+
+    attn_metadata: Optional[AttentionMetadata]
+    #: One tensor per attention layer, shaped by the backend's ``kv_cache_shape``.
+    kv_caches: list[torch.Tensor] = field(default_factory=list)
+
+
+class AttentionBackend:
+    """Writes new K/V into the paged cache and computes attention for the flat batch."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float) -> None:
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_kv_heads = num_kv_heads
+        self.scale = scale
+
+    @staticmethod
+    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                       head_dim: int) -> tuple[int, ...]:
+        """Shape of one layer's cache tensor (keys and values together)."""
+        return (2, num_blocks, block_size, num_kv_heads, head_dim)
+
+    @classmethod
+    def prepare(cls, md: AttentionMetadata) -> None:
+        """Called once per step before the forward pass; fills ``md.backend_state``."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        """q: [T, H, D]; k, v: [T, KVH, D]; returns [T, H, D]."""
+        raise NotImplementedError

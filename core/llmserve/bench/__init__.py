@@ -1,0 +1,1 @@
+"""``llmserve bench``: standard model shapes, offline workloads and result files."""

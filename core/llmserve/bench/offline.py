@@ -1,0 +1,103 @@
+"""Offline latency and throughput runs for llmserve and for HF transformers as the peer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+
+def random_prompts(num: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    # Skip the first ids, where special tokens usually sit.
+    return torch.randint(16, vocab_size, (num, length), generator=g).tolist()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_llmserve(llm, prompts: list[list[int]], output_len: int, kind: str) -> dict[str, Any]:
+    from llmserve.sampling_params import SamplingParams
+
+    engine = llm.llm_engine
+    device = engine.core.device.type
+    warm = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, detokenize=False)
+    llm.generate(prompts[:1], warm, use_tqdm=False)
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True,
+                            detokenize=False)
+    first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True, detokenize=False)
+    _sync(device)
+    t0 = time.perf_counter()
+    llm.generate(prompts[:1], first, use_tqdm=False)
+    _sync(device)
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    lengths = [len(o.outputs[0].token_ids) for o in outs]
+    return _figures(kind, elapsed, ttft, len(prompts[0]), output_len, lengths)
+
+
+def run_hf_generate(model, prompts: list[list[int]], output_len: int, kind: str,
+                    batch_size: int) -> dict[str, Any]:
+    device = str(model.device)
+    ids = torch.tensor(prompts, device=model.device)
+
+    def gen(batch, n):
+        return model.generate(batch, attention_mask=torch.ones_like(batch), do_sample=False,
+                              max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+
+    with torch.inference_mode():
+        gen(ids[:1], 4)
+        _sync(device)
+        t0 = time.perf_counter()
+        gen(ids[:1], 1)
+        _sync(device)
+        ttft = time.perf_counter() - t0
+        lengths: list[int] = []
+        t0 = time.perf_counter()
+        for start in range(0, len(prompts), batch_size):
+            batch = ids[start:start + batch_size]
+            out = gen(batch, output_len)
+            lengths += [out.shape[1] - batch.shape[1]] * batch.shape[0]
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    return _figures(kind, elapsed, ttft, len(prompts[0]), output_len, lengths)
+
+
+def build_hf_model(config: dict[str, Any], model_dir: Optional[str], dtype: torch.dtype,
+                   device: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_dir is not None and not config.get("_shape"):
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type",
+                                                           "_shape", "dtype")}
+    cfg = AutoConfig.for_model(config["model_type"], **fields)
+    cfg.architectures = config["architectures"]
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+def _figures(kind: str, elapsed: float, ttft: float, input_len: int, output_len: int,
+             lengths: list[int]) -> dict[str, Any]:
+    """Result figures; a request that returned other than ``output_len`` tokens failed."""
+    num_prompts, out_tokens = len(lengths), sum(lengths)
+    figures = {
+        "requests": num_prompts,
+        "failed": sum(n != output_len for n in lengths),
+        "elapsed_s": round(elapsed, 4),
+        "output_tok_s": round(out_tokens / elapsed, 2),
+        "total_tok_s": round((out_tokens + num_prompts * input_len) / elapsed, 2),
+        "ttft_ms_median": round(ttft * 1e3, 3),
+        "input_len": input_len,
+        "output_len": output_len,
+    }
+    if kind == "latency" and output_len > 1:
+        figures["tpot_ms_median"] = round((elapsed - ttft) / (output_len - 1) * 1e3, 3)
+    return figures

@@ -1,0 +1,42 @@
+"""Benchmark result files: one JSON object per run (BENCHMARKING.md's fields)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def make_result(workload: str, engine: str, device: str, figures: dict[str, Any]) -> dict:
+    return {"workload": workload, "engine": engine, "device": device_name(device),
+            "commit": git_commit(), "command": " ".join(["llmserve"] + sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), **figures}
+
+
+def write_result(result: dict, results_dir: str) -> Path:
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result['date']}-{result['workload']}-{result['engine']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,85 @@
+"""``llmserve bench latency|throughput``: offline speed on a model directory or a named shape,
+optionally with HF transformers measured in the same process on the same device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from llmserve.cli.command import CliCommand
+from llmserve.cli.engine_args import add_engine_args, engine_args_from
+
+
+class BenchCommand(CliCommand):
+    name = "bench"
+    help = "Measure offline latency or throughput (llmserve, and HF transformers as the peer)."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("kind", choices=["latency", "throughput"])
+        parser.add_argument("--workload", default=None,
+                            help="a standard workload (sets shape and lengths), e.g. latency-8b")
+        parser.add_argument("--model", default=None, help="HF model directory")
+        parser.add_argument("--shape", default=None, help="named shape with random weights")
+        parser.add_argument("--num-prompts", type=int, default=None)
+        parser.add_argument("--input-len", type=int, default=None)
+        parser.add_argument("--output-len", type=int, default=None)
+        parser.add_argument("--peer", choices=["none", "hf-generate"], default="none")
+        parser.add_argument("--hf-batch-size", type=int, default=32)
+        parser.add_argument("--results-dir", default=None,
+                            help="write one JSON file per engine here")
+        add_engine_args(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        import torch
+
+        from llmserve.bench.offline import (build_hf_model, random_prompts, run_hf_generate,
+                                            run_llmserve)
+        from llmserve.bench.results import make_result, write_result
+        from llmserve.bench.shapes import WORKLOADS, Workload, shape_dir
+        from llmserve.llm import LLM
+        from llmserve.models.loader import read_hf_config
+
+        wl = WORKLOADS.get(args.workload) if args.workload else None
+        if args.workload and wl is None:
+            print(f"unknown workload {args.workload!r}; known: {sorted(WORKLOADS)}",
+                  file=sys.stderr)
+            return 2
+        wl = wl or Workload(args.shape or "tiny", args.kind, 1 if args.kind == "latency" else 64,
+                            128, 128 if args.kind == "latency" else 32)
+        num = args.num_prompts or wl.num_prompts
+        in_len, out_len = args.input_len or wl.input_len, args.output_len or wl.output_len
+        shape = None if args.model else (args.shape or wl.shape)
+        model_dir = args.model or shape_dir(shape)
+        engine_args = engine_args_from(args, model_dir)
+        updates = {"max_model_len": engine_args.max_model_len or in_len + out_len + 16}
+        if shape:
+            updates.update(load_format="dummy", skip_tokenizer_init=True)
+        engine_args = engine_args.model_copy(update=updates)
+        llm = LLM(**engine_args.model_dump())
+        core = llm.llm_engine.core
+        prompts = random_prompts(num, in_len, llm.llm_engine.vocab_size)
+        name = args.workload or f"{args.kind}-{shape or 'model'}"
+        results = [make_result(name, "llmserve", core.device.type,
+                               {**run_llmserve(llm, prompts, out_len, args.kind),
+                                "startup_s": round(core.startup_s, 3)})]
+        if args.peer == "hf-generate":
+            device = core.device.type
+            dtype = core.resolved.torch_dtype
+            del llm, core
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            cfg = dict(read_hf_config(model_dir), _shape=bool(shape))
+            model = build_hf_model(cfg, model_dir, dtype, device)
+            figures = run_hf_generate(model, prompts, out_len, args.kind,
+                                      1 if args.kind == "latency" else args.hf_batch_size)
+            results.append(make_result(name, "hf-generate", device,
+                                       {**figures, "hf_batch_size": args.hf_batch_size}))
+        for r in results:
+            print(json.dumps(r))
+            if args.results_dir:
+                write_result(r, args.results_dir)
+        return 0
+
+
+COMMAND = BenchCommand()

@@ -1,0 +1,100 @@
+"""The engine core: model, KV cache, scheduler and runner, driven one ``step()`` at a time.
+
+It runs in the caller's process for ``LLM`` and in its own process when serving. It speaks
+token ids only: tokenizing and detokenizing belong to the front end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import torch
+
+from llmserve.engine.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
+from llmserve.engine.setup import ResolvedEngine
+from llmserve.kv_cache.manager import KVCacheManager
+from llmserve.kv_cache.spec import FullAttentionSpec, num_blocks_for_budget
+from llmserve.models.loader import load_model
+from llmserve.plugins import collect_registry
+from llmserve.scheduler.scheduler import Scheduler
+from llmserve.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, resolved: ResolvedEngine, pm) -> None:
+        t0 = time.monotonic()
+        self.resolved = resolved
+        cfg = resolved.config
+        platform = resolved.platform
+        device = platform.device()
+        self.device = device
+        torch.manual_seed(cfg.model.seed)
+
+        backends = collect_registry(pm, "llmserve_attention_backends")
+        hook_choice = pm.hook.llmserve_select_attention_backend(
+            platform_name=platform.name, model_arch=cfg.model.architecture)
+        backend_name = hook_choice or platform.default_attention_backend
+        if backend_name not in backends:
+            raise ValueError(f"attention backend {backend_name!r} is not installed; "
+                             f"installed: {sorted(backends)}")
+        attn_backend = backends[backend_name]
+
+        hf = resolved.hf_config
+        model = load_model(cfg.model.model, hf, resolved.model_cls, resolved.torch_dtype, device,
+                           attn_backend, cfg.model.max_model_len, resolved.load_format)
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.runner = ModelRunner(model, attn_backend, device, resolved.torch_dtype,
+                                  hf["vocab_size"], cfg.scheduler.max_num_seqs,
+                                  cfg.model.max_model_len, cfg.cache.block_size)
+
+        block_size = cfg.cache.block_size
+        dtype_bytes = torch.tensor([], dtype=resolved.torch_dtype).element_size()
+        specs = [FullAttentionSpec(block_size, kvh, d, dtype_bytes)
+                 for kvh, d in self.runner.kv_cache_layer_shapes()]
+        if cfg.cache.num_gpu_blocks_override is not None:
+            num_blocks = cfg.cache.num_gpu_blocks_override
+        else:
+            budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
+                                                    cfg.cache.gpu_memory_utilization, model_bytes)
+            num_blocks = num_blocks_for_budget(specs, budget)
+        self.runner.initialize_kv_cache(num_blocks)
+        self.num_blocks = num_blocks
+        self.kv_capacity_tokens = num_blocks * block_size
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB) on %s",
+                    num_blocks, block_size, self.kv_capacity_tokens,
+                    num_blocks * sum(s.page_size_bytes for s in specs) / 2**20, platform.name)
+
+        policies = collect_registry(pm, "llmserve_scheduling_policies")
+        if cfg.scheduler.policy not in policies:
+            raise ValueError(f"scheduling_policy must be one of {sorted(policies)}, got "
+                             f"{cfg.scheduler.policy!r}")
+        self.kv_manager = KVCacheManager(num_blocks, block_size, cfg.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
+        self.startup_s = time.monotonic() - t0
+        pm.hook.llmserve_engine_started(config=cfg)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.resolved.config.model.max_model_len
+
+    def add_request(self, req: EngineCoreRequest) -> None:
+        self.scheduler.add_request(Request(req, self.max_model_len))
+
+    def abort_requests(self, request_ids: Iterable[str],
+                       status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
+        self.scheduler.finish_requests(list(request_ids), status)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[EngineCoreOutput]:
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.execute_model(scheduler_output)
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def stats(self) -> dict:
+        return self.scheduler.make_stats()

@@ -1,0 +1,120 @@
+"""Resolve ``EngineArgs`` against the plugins and the model directory into an ``EngineConfig``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from llmserve.config import CacheConfig, EngineArgs, EngineConfig, ModelConfig, SchedulerConfig
+from llmserve.models.loader import checkpoint_dtype, read_hf_config, resolve_architecture
+from llmserve.platforms.base import Platform
+from llmserve.plugins import collect_list, collect_registry, plugin_infos
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ResolvedEngine:
+    """Everything the engine core needs to start, resolved once in the engine process."""
+
+    config: EngineConfig
+    hf_config: dict[str, Any]
+    platform: type[Platform]
+    model_cls: type
+    torch_dtype: torch.dtype
+    load_format: str = "auto"
+    skip_tokenizer_init: bool = False
+
+
+def resolve_model_path(model: Optional[str]) -> str:
+    """A local directory for ``model``; None means the embedded default model."""
+    if model is None:
+        from llmserve.default_model import DEFAULT_MODEL_PATH
+
+        return str(DEFAULT_MODEL_PATH)
+    if Path(model).is_dir():
+        return str(Path(model))
+    try:  # an explicit hub id: the only network access llmserve ever makes, and optional
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                        "*.txt", "*.jinja"])
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ValueError(
+            f"model {model!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face hub ({type(exc).__name__}: {exc}). Pass a local model directory."
+        ) from exc
+
+
+def select_platform(pm, device: str) -> type[Platform]:
+    platforms: list[type[Platform]] = collect_list(pm, "llmserve_platforms")
+    if device != "auto":
+        for p in platforms:
+            if device in (p.name, p.device_type):
+                if not p.is_available():
+                    raise ValueError(f"device {device!r} is not available on this machine")
+                return p
+        names = sorted({p.name for p in platforms})
+        raise ValueError(f"device must be 'auto' or one of {names}, got {device!r}")
+    available = [p for p in platforms if p.is_available()]
+    if not available:
+        raise RuntimeError("no platform is available (not even the CPU)")
+    return max(available, key=lambda p: p.priority)
+
+
+def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
+    model_path = resolve_model_path(args.model)
+    hf_config = read_hf_config(model_path)
+    arch, model_cls = resolve_architecture(
+        hf_config, collect_registry(pm, "llmserve_model_architectures"),
+        [f"{p.name} {p.version}" for p in plugin_infos(pm)])
+    platform = select_platform(pm, args.device)
+
+    dtype_name = args.canonical_dtype
+    if dtype_name == "auto":
+        torch_dtype = platform.resolve_dtype(checkpoint_dtype(hf_config))
+    else:
+        torch_dtype = _TORCH_DTYPES[dtype_name]
+
+    limit = hf_config.get("max_position_embeddings") or 2048
+    max_model_len = args.max_model_len or limit
+    if max_model_len > limit:
+        raise ValueError(
+            f"max_model_len must be in [1, {limit}] (the model's max_position_embeddings), "
+            f"got {max_model_len}")
+
+    batched = args.max_num_batched_tokens
+    if batched is None:
+        batched = max(8192, max_model_len) if not args.enable_chunked_prefill else 8192
+    model_cfg = ModelConfig(
+        model=model_path,
+        tokenizer=args.tokenizer or model_path,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        max_model_len=max_model_len,
+        seed=args.seed,
+        architecture=arch,
+        served_model_name=args.served_model_name or (args.model or "default"),
+    )
+    config = EngineConfig(
+        model=model_cfg,
+        cache=CacheConfig(block_size=args.block_size,
+                          enable_prefix_caching=args.enable_prefix_caching,
+                          kv_cache_memory=args.kv_cache_memory,
+                          gpu_memory_utilization=args.gpu_memory_utilization,
+                          num_gpu_blocks_override=args.num_gpu_blocks_override),
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
+                                  max_num_batched_tokens=batched,
+                                  max_model_len=max_model_len,
+                                  enable_chunked_prefill=args.enable_chunked_prefill,
+                                  policy=args.scheduling_policy,
+                                  max_waiting_requests=args.max_waiting_requests),
+        device=platform.name,
+    )
+    return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,
+                          args.skip_tokenizer_init)

@@ -1,0 +1,188 @@
+"""The Llama family: Llama, Mistral, Qwen2 and Qwen3 are one module with config-driven flags.
+
+Differences between the four are all in the HF config: grouped-query heads, an explicit
+``head_dim``, attention bias (Qwen2 always, Llama when ``attention_bias``), per-head q/k RMSNorm
+(Qwen3), tied embeddings and rope scaling. Layer and parameter names mirror the HF
+checkpoint, so loading is a name map (``STACKED_PARAMS``), not a conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from llmserve.attention.backend import ForwardContext
+from llmserve.layers.activation import SiluAndMul
+from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from llmserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from llmserve.layers.norm import RMSNorm
+from llmserve.layers.rotary import get_rope
+from llmserve.models.base import ModelBuildContext, rope_settings
+
+#: checkpoint name fragment -> (our fused parameter fragment, shard id)
+STACKED_PARAMS = {
+    ".q_proj.": (".qkv_proj.", "q"),
+    ".k_proj.": (".qkv_proj.", "k"),
+    ".v_proj.": (".qkv_proj.", "v"),
+    ".gate_proj.": (".gate_up_proj.", 0),
+    ".up_proj.": (".gate_up_proj.", 1),
+}
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: dict[str, Any], layer_idx: int, ctx: ModelBuildContext) -> None:
+        super().__init__()
+        hidden = cfg["hidden_size"]
+        total_heads = cfg["num_attention_heads"]
+        total_kv = cfg.get("num_key_value_heads") or total_heads
+        self.head_dim = cfg.get("head_dim") or hidden // total_heads
+        bias = ctx.qkv_bias
+        self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv, bias=bias,
+                                          dtype=ctx.dtype, linear_method=ctx.linear_method)
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
+                                        bias=bool(cfg.get("attention_bias", False)),
+                                        dtype=ctx.dtype, linear_method=ctx.linear_method)
+        self.qk_norm = ctx.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype)
+            self.k_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype)
+        theta, rope_params = rope_settings(cfg)
+        self.rotary_emb = get_rope(self.head_dim, ctx.max_position, theta, rope_params)
+        self.layer_idx = layer_idx
+        self.attn = ctx.attn_backend(self.num_heads, self.head_dim, self.num_kv_heads,
+                                     self.head_dim ** -0.5)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+                fctx: ForwardContext) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        out = self.attn.forward(q, k, v.contiguous(), fctx.kv_caches[self.layer_idx],
+                                fctx.attn_metadata)
+        return self.o_proj(out.reshape(-1, q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
+        super().__init__()
+        hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+        act = cfg.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act {act!r} is not supported; supported: silu")
+        bias = bool(cfg.get("mlp_bias", False))
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter, inter], bias=bias,
+                                                       dtype=ctx.dtype,
+                                                       linear_method=ctx.linear_method)
+        self.down_proj = RowParallelLinear(inter, hidden, bias=bias, dtype=ctx.dtype,
+                                           linear_method=ctx.linear_method)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: dict[str, Any], layer_idx: int, ctx: ModelBuildContext) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, layer_idx, ctx)
+        self.mlp = LlamaMLP(cfg, ctx)
+        eps = cfg["rms_norm_eps"]
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype)
+
+    def forward(self, positions, hidden, residual, fctx):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, fctx)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg["vocab_size"], cfg["hidden_size"],
+                                                   ctx.dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, ctx)
+                                    for i in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], ctx.dtype)
+
+    def forward(self, input_ids, positions, fctx):
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, fctx)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """Serves the HF architectures LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
+    Qwen3ForCausalLM."""
+
+    def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg, ctx)
+        self.lm_head = ParallelLMHead(cfg["vocab_size"], cfg["hidden_size"], ctx.dtype)
+        self.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", False))
+        if self.tie_word_embeddings:
+            self.lm_head.tie(self.model.embed_tokens)
+
+    @classmethod
+    def build_context_flags(cls, cfg: dict[str, Any]) -> dict[str, bool]:
+        """Per-architecture switches read off the HF config."""
+        arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
+        return {
+            "qkv_bias": arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            "qk_norm": arch == "Qwen3ForCausalLM",
+        }
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                fctx: ForwardContext) -> torch.Tensor:
+        """Hidden states of every token in the flat batch: [num_tokens, hidden]."""
+        return self.model(input_ids, positions, fctx)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)
+
+    def attention_layers(self) -> list[LlamaAttention]:
+        return [layer.self_attn for layer in self.model.layers]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors into parameters by name; returns the parameters loaded."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if self.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            shard_id = None
+            for ckpt, (ours, sid) in STACKED_PARAMS.items():
+                if ckpt in name:
+                    name, shard_id = name.replace(ckpt, ours), sid
+                    break
+            param = params.get(name)
+            if param is None:
+                raise KeyError(f"checkpoint tensor {name!r} has no matching parameter")
+            loader = getattr(param, "weight_loader", None)
+            if loader is None:
+                param.data.copy_(tensor)
+            else:
+                loader(param, tensor, shard_id) if shard_id is not None else loader(param, tensor)
+            loaded.add(name)
+        return loaded

@@ -1,0 +1,84 @@
+"""Per-request state the model runner keeps between steps, in preallocated host arrays.
+
+A request is written in full once, when it is first scheduled; afterwards each step only
+appends its sampled token and any new block ids. Building a step's flat inputs is then a few
+vectorised numpy gathers over the scheduled rows, whatever the requests' lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from llmserve.sampling_params import SamplingParams
+from llmserve.scheduler.output import NewRequestData
+
+
+class InputBatch:
+    def __init__(self, max_num_reqs: int, max_model_len: int, block_size: int) -> None:
+        self.max_model_len = max_model_len
+        max_blocks = -(-max_model_len // block_size)
+        self.token_ids = np.zeros((max_num_reqs, max_model_len), dtype=np.int64)
+        self.num_tokens = np.zeros(max_num_reqs, dtype=np.int64)
+        self.num_prompt_tokens = np.zeros(max_num_reqs, dtype=np.int64)
+        self.num_computed = np.zeros(max_num_reqs, dtype=np.int64)
+        self.block_table = np.zeros((max_num_reqs, max_blocks), dtype=np.int64)
+        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        self.params: list[Optional[SamplingParams]] = [None] * max_num_reqs
+        self.stop_token_ids: list[frozenset[int]] = [frozenset()] * max_num_reqs
+        #: Output token ids per row (penalties, min_tokens and logits processors read them).
+        self.output_ids: list[list[int]] = [[] for _ in range(max_num_reqs)]
+        self.row_of: dict[str, int] = {}
+        self._free_rows = list(range(max_num_reqs - 1, -1, -1))
+        #: Seeded generators by request id; they survive preemption so a resumed request
+        #: continues the same random stream.
+        self.generators: dict[str, torch.Generator] = {}
+
+    def add(self, req: NewRequestData, device: torch.device) -> int:
+        if req.req_id in self.row_of:  # resumed after preemption: rebuild the row
+            self.remove(req.req_id, keep_generator=True)
+        row = self._free_rows.pop()
+        self.row_of[req.req_id] = row
+        n = len(req.token_ids)
+        self.token_ids[row, :n] = req.token_ids
+        self.num_tokens[row] = n
+        self.num_prompt_tokens[row] = req.num_prompt_tokens
+        self.num_computed[row] = req.num_computed_tokens
+        nb = len(req.block_ids)
+        self.block_table[row, :nb] = req.block_ids
+        self.num_blocks[row] = nb
+        self.params[row] = req.sampling_params
+        self.stop_token_ids[row] = req.stop_token_ids
+        self.output_ids[row] = list(req.token_ids[req.num_prompt_tokens:])
+        seed = req.sampling_params.seed
+        if seed is not None and req.req_id not in self.generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed % (2**64))
+            self.generators[req.req_id] = gen
+        return row
+
+    def append_blocks(self, req_id: str, block_ids: list[int]) -> None:
+        if block_ids:
+            row = self.row_of[req_id]
+            nb = self.num_blocks[row]
+            self.block_table[row, nb:nb + len(block_ids)] = block_ids
+            self.num_blocks[row] = nb + len(block_ids)
+
+    def remove(self, req_id: str, keep_generator: bool = False) -> None:
+        row = self.row_of.pop(req_id, None)
+        if not keep_generator:
+            self.generators.pop(req_id, None)
+        if row is None:
+            return
+        self.params[row] = None
+        self.output_ids[row] = []
+        self._free_rows.append(row)
+
+    def append_token(self, row: int, token: int) -> None:
+        n = self.num_tokens[row]
+        if n < self.max_model_len:
+            self.token_ids[row, n] = token
+        self.num_tokens[row] = n + 1
+        self.output_ids[row].append(token)
