@@ -1,0 +1,83 @@
+"""The core's defaults, registered through the same hooks as any third-party plugin.
+
+Every hook imports its classes inside its body: registering this module costs nothing, and a
+process that never asks for, say, scheduling policies never imports the scheduler.
+``get_plugin_manager`` registers this module under the name ``llmserve.default_plugins``; a
+third-party plugin that contributes a name defined here replaces the default (with a warning).
+"""
+
+from __future__ import annotations
+
+from llmserve.plugins import hookimpl
+
+#: Subcommands of the ``llmserve`` CLI the core ships: (command name, module path). The module
+#: defines ``COMMAND``, a ``llmserve.cli.command.CliCommand`` instance of that name (a
+#: ``"module:attribute"`` path names another attribute). Add a command by adding a line.
+CLI_COMMANDS: list[tuple[str, str]] = [
+    ("plugins", "llmserve.cli.plugins_cmd"),
+    ("generate", "llmserve.cli.generate_cmd"),
+    ("bench", "llmserve.cli.bench_cmd"),
+]
+
+#: HF architecture names served by the shared Llama-style transformer.
+LLAMA_FAMILY_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+
+@hookimpl
+def llmserve_platforms():
+    from llmserve.platforms.cpu import CpuPlatform
+
+    return [CpuPlatform]
+
+
+@hookimpl
+def llmserve_model_architectures():
+    from llmserve.models.llama import LlamaForCausalLM
+
+    return {name: LlamaForCausalLM for name in LLAMA_FAMILY_ARCHITECTURES}
+
+
+@hookimpl
+def llmserve_attention_backends():
+    from llmserve.attention.torch_ref import TorchPagedAttention
+
+    return {"torch": TorchPagedAttention}
+
+
+@hookimpl
+def llmserve_scheduling_policies():
+    from llmserve.scheduler.policy import BUILTIN_POLICIES
+
+    return dict(BUILTIN_POLICIES)
+
+
+@hookimpl
+def llmserve_logits_processors():
+    from llmserve.sample.logits_processor import BUILTIN_LOGITS_PROCESSORS
+
+    return dict(BUILTIN_LOGITS_PROCESSORS)
+
+
+@hookimpl
+def llmserve_structured_output_backends():
+    return {}
+
+
+@hookimpl
+def llmserve_cache_specs():
+    from llmserve.kv_cache.spec import FullAttentionSpec
+
+    return {"full_attention": FullAttentionSpec}
+
+
+@hookimpl
+def llmserve_cli_commands():
+    from llmserve.cli.command import load_command
+
+    commands = (load_command(name, target) for name, target in CLI_COMMANDS)
+    return [command for command in commands if command is not None]

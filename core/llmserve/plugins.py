@@ -1,0 +1,414 @@
+"""Plugin discovery, and the registries the core builds from hook results.
+
+``get_plugin_manager()`` builds a fresh pluggy manager on every call (there is no module-level
+singleton, so each test and each process gets its own): it adds ``llmserve.hookspecs``,
+registers the core's defaults (``DEFAULT_PLUGINS``) and then the third-party plugins found as
+entry points of the group ``llmserve``.
+
+Third-party plugins are isolated from each other: one that fails to import, implements a hook
+that does not exist (a misspelling), or does not match a hook's signature is logged with a
+warning and skipped; the rest still load. The core's own defaults get no such leniency — a
+broken default is a bug in llmserve and raises.
+
+Environment:
+
+- ``LLMSERVE_PLUGINS=a,b`` loads only the entry points named ``a`` and ``b``; an empty value
+  loads none. Unset, every installed plugin loads. The core's defaults always load.
+- ``LLMSERVE_TRACE_HOOKS=1`` writes every hook call, its arguments and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pluggy
+
+PROJECT_NAME = "llmserve"
+#: Entry-point group plugins are discovered from; each entry point names a module.
+ENTRY_POINT_GROUP = "llmserve"
+PLUGINS_ENV = "LLMSERVE_PLUGINS"
+TRACE_ENV = "LLMSERVE_TRACE_HOOKS"
+
+#: Marks hook specifications (used by ``llmserve.hookspecs``).
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marks hook implementations in plugins: ``@hookimpl def llmserve_platforms(): ...``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: Modules registered as the core's defaults, in this order, before any entry point. Each is
+#: registered under its module name and reported as version "builtin".
+DEFAULT_PLUGINS: tuple[str, ...] = ("llmserve.default_plugins",)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """Where a registered plugin came from."""
+
+    is_default: bool
+    #: Distribution that declared the entry point (``"llmserve-nvidia"``); None otherwise.
+    distribution: str | None = None
+    version: str | None = None
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus the origin of each plugin and the plugins that were skipped.
+
+    Both exist for ``llmserve plugins`` and for the merge rule of ``collect_registry``
+    (a non-default plugin beats a default).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT_NAME)
+        #: Plugin name → where it came from. Plugins registered by hand have no entry.
+        self.sources: dict[str, PluginSource] = {}
+        #: Plugin name → why it was not loaded.
+        self.skipped: dict[str, str] = {}
+
+    def is_default_plugin(self, name: str) -> bool:
+        source = self.sources.get(name)
+        return source is not None and source.is_default
+
+
+def get_plugin_manager(load_entry_points: bool = True,
+                       default_plugins: bool = True) -> PluginManager:
+    """Build a fresh plugin manager.
+
+    :param load_entry_points: load third-party plugins from the ``llmserve`` entry-point group
+        (filtered by ``LLMSERVE_PLUGINS``). Unit tests pass False and register test plugins
+        directly (see ``llmserve.plugin_testing``).
+    :param default_plugins: register the core's defaults (``DEFAULT_PLUGINS``).
+    """
+    from llmserve import hookspecs
+
+    pm = PluginManager()
+    pm.add_hookspecs(hookspecs)
+    if _env_flag(TRACE_ENV):
+        # Look sys.stderr up per write so redirections made later (pytest's capture) apply.
+        pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
+        pm.enable_tracing()
+    if default_plugins:
+        for module_name in DEFAULT_PLUGINS:
+            register_plugin(pm, importlib.import_module(module_name), module_name,
+                            PluginSource(is_default=True))
+    if load_entry_points:
+        _load_entry_point_plugins(pm)
+    pm.check_pending()
+    return pm
+
+
+def register_plugin(pm: PluginManager, plugin: object, name: str | None = None,
+                    source: PluginSource | None = None) -> str:
+    """Register ``plugin`` and validate it; on any error nothing stays registered.
+
+    Raises ``pluggy.PluginValidationError`` for an unknown (misspelled) hook or a signature
+    that does not match its spec, ``ValueError`` for a name or plugin registered twice.
+    Returns the name the plugin is registered under.
+    """
+    if name is not None and pm.is_blocked(name):
+        raise ValueError(f"plugin name {name!r} is blocked")
+    if name is not None and pm.has_plugin(name):
+        raise ValueError(f"a plugin named {name!r} is already registered")
+    if pm.is_registered(plugin):
+        raise ValueError(f"{plugin!r} is already registered as {pm.get_name(plugin)!r}")
+    registered = name or pm.get_canonical_name(plugin)
+    try:
+        pm.register(plugin, name=registered)
+        _check_hook_names(pm, plugin, registered)
+    except Exception:
+        # pluggy may fail half-way through register(); leave nothing of the plugin behind.
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise
+    if source is not None:
+        pm.sources[registered] = source
+    _warn_undecorated(pm, plugin, registered)
+    return registered
+
+
+def _check_hook_names(pm: PluginManager, plugin: object, name: str) -> None:
+    """``check_pending`` for one plugin, with a suggestion for a misspelled hook name."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec():
+            continue
+        if all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
+            continue
+        known = [hook for hook in vars(pm.hook) if getattr(pm.hook, hook).has_spec()]
+        close = difflib.get_close_matches(caller.name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise pluggy.PluginValidationError(
+            plugin, f"plugin {name!r} implements unknown hook {caller.name!r}{hint}")
+
+
+def _load_entry_point_plugins(pm: PluginManager) -> None:
+    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                          key=lambda ep: ep.name)
+    allowed = _allowed_plugin_names()
+    if allowed:
+        missing = allowed - {ep.name for ep in entry_points}
+        if missing:
+            logger.warning("%s names plugins that are not installed: %s (installed: %s)",
+                           PLUGINS_ENV, ", ".join(sorted(missing)),
+                           ", ".join(ep.name for ep in entry_points) or "none")
+    for ep in entry_points:
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must never take the engine down
+            _skip(pm, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+            continue
+        dist = ep.dist
+        source = PluginSource(is_default=False,
+                              distribution=dist.name if dist is not None else None,
+                              version=dist.version if dist is not None else None)
+        try:
+            register_plugin(pm, plugin, ep.name, source)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            _skip(pm, ep.name, f"{type(exc).__name__}: {exc}")
+
+
+def _skip(pm: PluginManager, name: str, reason: str) -> None:
+    reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
+    pm.skipped[name] = reason
+    logger.warning("llmserve plugin %r was skipped: %s", name, reason)
+
+
+def _allowed_plugin_names() -> set[str] | None:
+    value = os.environ.get(PLUGINS_ENV)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _warn_undecorated(pm: PluginManager, plugin: object, name: str) -> None:
+    """pluggy ignores functions without ``@hookimpl``; say so instead of failing silently."""
+    for attr in dir(plugin):
+        if not attr.startswith(PROJECT_NAME + "_"):
+            continue
+        if callable(getattr(plugin, attr, None)) and pm.parse_hookimpl_opts(plugin, attr) is None:
+            logger.warning("llmserve plugin %r defines %s() without @hookimpl; it is ignored",
+                           name, attr)
+
+
+# --------------------------------------------------------------------------------------------
+# Registries: merging what contribute hooks return
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Contribution:
+    plugin_name: str
+    is_default: bool
+    value: Any
+
+
+def _contributions(pm: PluginManager, hook_name: str,
+                   hook_kwargs: Mapping[str, Any] | None) -> list[_Contribution]:
+    """Each implementation's non-None result, in pluggy's call order (precedence order).
+
+    Implementations are called one at a time so every entry can be attributed to its plugin;
+    hook wrappers therefore do not apply here. A third-party implementation that raises is
+    logged and skipped; a default one raises.
+    """
+    hook = getattr(pm.hook, hook_name, None)
+    if hook is None or not hook.has_spec():
+        raise ValueError(f"unknown hook {hook_name!r}")
+    hook_kwargs = dict(hook_kwargs or {})
+    missing = [arg for arg in hook.spec.argnames if arg not in hook_kwargs]
+    if missing:
+        raise TypeError(f"{hook_name} needs arguments {missing}")
+    hooktrace = pm.trace.root.get("hook")
+    results = []
+    for impl in reversed(hook.get_hookimpls()):
+        if impl.wrapper or impl.hookwrapper:
+            continue
+        is_default = pm.is_default_plugin(impl.plugin_name)
+        hooktrace(hook_name, f"[{impl.plugin_name}]", hook_kwargs)
+        try:
+            value = impl.function(*(hook_kwargs[arg] for arg in impl.argnames))
+        except Exception as exc:
+            if is_default:
+                raise
+            logger.warning("llmserve plugin %r: %s raised %s: %s; its entries are skipped",
+                           impl.plugin_name, hook_name, type(exc).__name__, exc)
+            continue
+        hooktrace("finish", hook_name, f"[{impl.plugin_name}]", "-->", value)
+        if value is not None:
+            results.append(_Contribution(impl.plugin_name, is_default, value))
+    return results
+
+
+_Entry = tuple[Any, _Contribution]
+
+
+def _resolve(hook_name: str,
+             entries: Iterable[tuple[str, Any, _Contribution]]) -> dict[str, _Entry]:
+    """Pick one value per name. ``entries`` come in precedence order.
+
+    The first entry for a name wins, except that a non-default plugin beats a default one;
+    a name given twice with different values is logged.
+    """
+    chosen: dict[str, _Entry] = {}
+    for name, value, contribution in entries:
+        previous = chosen.get(name)
+        if previous is None:
+            chosen[name] = (value, contribution)
+            continue
+        if previous[0] is value:
+            continue
+        winner = previous
+        if previous[1].is_default and not contribution.is_default:
+            winner = (value, contribution)
+        logger.warning("%s: %r is contributed by plugins %r and %r; using the one from %r",
+                       hook_name, name, previous[1].plugin_name, contribution.plugin_name,
+                       winner[1].plugin_name)
+        chosen[name] = winner
+    return chosen
+
+
+def _checked(contribution: _Contribution, hook_name: str, kind: type, kind_name: str) -> bool:
+    if isinstance(contribution.value, kind):
+        return True
+    message = (f"llmserve plugin {contribution.plugin_name!r}: {hook_name} returned "
+               f"{type(contribution.value).__name__}, expected a {kind_name}")
+    if contribution.is_default:
+        raise TypeError(message)
+    logger.warning("%s; its entries are skipped", message)
+    return False
+
+
+def collect_registry(pm: PluginManager, hook_name: str,
+                     hook_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the ``{name: value}`` dicts a contribute hook returns into one registry.
+
+    A name contributed by two plugins logs a warning and is resolved as follows: a
+    non-default plugin beats the core's defaults (so a plugin can replace a built-in on
+    purpose); between two plugins of the same kind, the one pluggy calls first wins
+    (``tryfirst`` implementations, else the plugin registered last — entry points register in
+    name order). The same object under the same name from two plugins is not a conflict.
+    Entries keep registration order (defaults first).
+    """
+    contributions = [c for c in _contributions(pm, hook_name, hook_kwargs)
+                     if _checked(c, hook_name, Mapping, "dict")]
+    chosen = _resolve(hook_name, ((name, value, c)
+                                  for c in contributions for name, value in c.value.items()))
+    registry: dict[str, Any] = {}
+    for contribution in reversed(contributions):
+        for name in contribution.value:
+            value, owner = chosen[name]
+            if owner is contribution:
+                registry.setdefault(name, value)
+    return registry
+
+
+def collect_list(pm: PluginManager, hook_name: str,
+                 hook_kwargs: Mapping[str, Any] | None = None,
+                 key: Callable[[Any], str] | None = None) -> list[Any]:
+    """Concatenate the lists a contribute hook returns, in registration order (defaults first).
+
+    With ``key``, items are names (``key(item)``) and duplicates are resolved like
+    ``collect_registry`` names.
+    """
+    contributions = [c for c in _contributions(pm, hook_name, hook_kwargs)
+                     if _checked(c, hook_name, (list, tuple), "list")]
+    if key is None:
+        return [item for c in reversed(contributions) for item in c.value]
+    chosen = _resolve(hook_name, ((key(item), item, c)
+                                  for c in contributions for item in c.value))
+    items: list[Any] = []
+    for contribution in reversed(contributions):
+        for item in contribution.value:
+            value, owner = chosen[key(item)]
+            if owner is contribution and value is item and item not in items:
+                items.append(item)
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# Introspection (``llmserve plugins``)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PluginInfo:
+    """What ``llmserve plugins`` reports about one registered plugin."""
+
+    name: str
+    #: Version of the distribution that declared the entry point; "builtin" for the core's
+    #: defaults; the module's ``__version__`` or None for plugins registered by hand.
+    version: str | None
+    #: Names of the hooks the plugin implements.
+    hooks: list[str]
+    #: For contribute hooks without parameters: hook name → names of what it contributes.
+    provides: dict[str, list[str]]
+    distribution: str | None = None
+    #: Hook name → error raised while asking the plugin what it provides.
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plugin_infos(pm: PluginManager) -> list[PluginInfo]:
+    """Describe every registered plugin, in registration order (defaults first).
+
+    Parameterless contribute hooks are called (one plugin at a time) to list what they
+    provide; an implementation that raises is reported in ``errors``, not raised.
+    """
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
+        source = pm.sources.get(name)
+        if source is not None and source.is_default:
+            version: str | None = "builtin"
+        elif source is not None and source.version is not None:
+            version = source.version
+        else:
+            version = getattr(plugin, "__version__", None)
+        info = PluginInfo(name=name, version=version, hooks=[], provides={},
+                          distribution=source.distribution if source else None)
+        for caller in sorted(pm.get_hookcallers(plugin) or [], key=lambda c: c.name):
+            info.hooks.append(caller.name)
+            spec = caller.spec
+            if spec is None or spec.argnames or spec.opts.get("firstresult"):
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin or impl.wrapper or impl.hookwrapper:
+                    continue
+                try:
+                    value = impl.function()
+                except Exception as exc:
+                    info.errors[caller.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                info.provides[caller.name] = _entry_names(value)
+        infos.append(info)
+    return infos
+
+
+def _entry_names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [str(name) for name in value]
+    names = []
+    for item in value:
+        name = getattr(item, "name", None)
+        names.append(name if isinstance(name, str) and name else
+                     getattr(item, "__name__", repr(item)))
+    return names

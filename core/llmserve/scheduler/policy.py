@@ -1,0 +1,143 @@
+"""Scheduling policies: who waits in front, and whom to preempt when KV blocks run out.
+
+A policy is a strategy object the ``Scheduler`` consults; it owns the waiting queue so the
+queue's data structure can follow the policy (a deque for FCFS, a heap for priorities). New
+policies subclass ``SchedulingPolicy`` and register through the scheduling-policy hook under
+their ``name``; the scheduler's loop never branches on which policy it runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from llmserve.engine.request import Request
+
+
+class SchedulingPolicy:
+    """Waiting-queue order and victim choice. Subclasses implement every method below."""
+
+    #: Name the policy is registered and configured under (``SchedulerConfig.policy``).
+    name: str = ""
+
+    def add(self, request: Request) -> None:
+        """Queue a newly arrived request."""
+        raise NotImplementedError
+
+    def prepend(self, request: Request) -> None:
+        """Queue a preempted request so it resumes as soon as its order allows."""
+        raise NotImplementedError
+
+    def peek(self) -> Request:
+        """The request to admit next (IndexError when empty)."""
+        raise NotImplementedError
+
+    def pop(self) -> Request:
+        """Remove and return ``peek()``."""
+        raise NotImplementedError
+
+    def remove(self, requests: Iterable[Request]) -> None:
+        """Drop these requests from the queue (aborts); ones not queued are ignored."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Request]:
+        """Queued requests, in no guaranteed order."""
+        raise NotImplementedError
+
+    def choose_victim(self, running: list[Request]) -> Request:
+        """The request to preempt when a running request cannot get KV blocks.
+
+        ``running`` is the scheduler's running list in scheduling order (non-empty; it
+        includes the request that needs the blocks). Must return one of its elements.
+        """
+        raise NotImplementedError
+
+
+class FCFSPolicy(SchedulingPolicy):
+    """First come, first served; the most recently admitted running request is preempted."""
+
+    name = "fcfs"
+
+    def __init__(self) -> None:
+        self._queue: deque[Request] = deque()
+
+    def add(self, request: Request) -> None:
+        self._queue.append(request)
+
+    def prepend(self, request: Request) -> None:
+        # Victims are taken from the back of the running list, so prepending them one by one
+        # restores their original order at the front of the queue.
+        self._queue.appendleft(request)
+
+    def peek(self) -> Request:
+        return self._queue[0]
+
+    def pop(self) -> Request:
+        return self._queue.popleft()
+
+    def remove(self, requests: Iterable[Request]) -> None:
+        drop = {id(r) for r in requests}
+        if drop:
+            self._queue = deque(r for r in self._queue if id(r) not in drop)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._queue)
+
+    def choose_victim(self, running: list[Request]) -> Request:
+        return running[-1]
+
+
+class PriorityPolicy(SchedulingPolicy):
+    """Lowest ``(priority, arrival_time)`` first, as in vLLM; the highest one is preempted."""
+
+    name = "priority"
+
+    def __init__(self) -> None:
+        # (priority, arrival_time, tie-breaker, request): the counter keeps equal keys FIFO
+        # and stops heapq from ever comparing two Requests.
+        self._heap: list[tuple[int, float, int, Request]] = []
+        self._counter = itertools.count()
+
+    def add(self, request: Request) -> None:
+        heapq.heappush(self._heap,
+                       (request.priority, request.arrival_time, next(self._counter), request))
+
+    # A preempted request keeps its (priority, arrival_time), which already puts it ahead of
+    # everything that arrived after it at its priority.
+    prepend = add
+
+    def peek(self) -> Request:
+        return self._heap[0][3]
+
+    def pop(self) -> Request:
+        return heapq.heappop(self._heap)[3]
+
+    def remove(self, requests: Iterable[Request]) -> None:
+        drop = {id(r) for r in requests}
+        if drop:
+            self._heap = [e for e in self._heap if id(e[3]) not in drop]
+            heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (e[3] for e in self._heap)
+
+    def choose_victim(self, running: list[Request]) -> Request:
+        # max() keeps the first of equal keys; scan from the back so ties pick the latest admitted.
+        return max(reversed(running), key=lambda r: (r.priority, r.arrival_time))
+
+
+BUILTIN_POLICIES: dict[str, type[SchedulingPolicy]] = {
+    "fcfs": FCFSPolicy,
+    "priority": PriorityPolicy,
+}

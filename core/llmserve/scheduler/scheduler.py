@@ -1,0 +1,368 @@
+"""Continuous batching without phases (vLLM v1 style).
+
+Every request carries ``num_computed_tokens``; each step gives requests tokens to close the gap
+to ``num_tokens`` under a token budget and a sequence budget, running requests first. Prefill,
+chunked prefill, decode and recompute after preemption are all the same operation. The runner
+learns about a request once in full (``NewRequestData``) and afterwards only by diffs.
+
+No torch here, and no formatted logging in the step loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from llmserve.config import SchedulerConfig
+from llmserve.engine.request import EngineCoreOutput, Request, RequestStatus
+from llmserve.kv_cache.manager import KVCacheManager
+from llmserve.scheduler.output import (
+    CachedRequestData,
+    LogprobsLists,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+from llmserve.scheduler.policy import SchedulingPolicy
+
+_RUNNING = RequestStatus.RUNNING
+_STOPPED = RequestStatus.FINISHED_STOPPED
+_LENGTH = RequestStatus.FINISHED_LENGTH_CAPPED
+_ABORTED = RequestStatus.FINISHED_ABORTED
+#: request.extra key: prompt-logprob rows already sent (a resumed request recomputes them).
+_PLP_SENT = "num_prompt_logprobs_sent"
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue holds ``max_waiting_requests``; retry later (servers answer 503)."""
+
+
+class Scheduler:
+    """Decides, each step, which requests run and how many tokens each computes."""
+
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        kv_cache_manager: KVCacheManager,
+        policy: SchedulingPolicy,
+    ) -> None:
+        self.config = scheduler_config
+        self.kv_cache_manager = kv_cache_manager
+        self.policy = policy
+        self.max_num_seqs = scheduler_config.max_num_seqs
+        self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens
+        self.max_model_len = scheduler_config.max_model_len
+        self.enable_chunked_prefill = scheduler_config.enable_chunked_prefill
+        self.max_waiting_requests = scheduler_config.max_waiting_requests
+        #: Unfinished requests by id (waiting, preempted or running).
+        self.requests: dict[str, Request] = {}
+        #: Running requests in scheduling order.
+        self.running: list[Request] = []
+        #: Finished since the last ``schedule()``; the runner drops their state.
+        self.finished_req_ids: set[str] = set()
+        self.num_preemptions = 0
+        # Outputs of requests the scheduler itself finished (too large for the cache); they go
+        # out with the next update_from_output.
+        self._pending_outputs: list[EngineCoreOutput] = []
+
+    # -- intake and queries -------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request; raises QueueFullError when ``max_waiting_requests`` are waiting."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the scheduler")
+        cap = self.max_waiting_requests
+        if cap is not None and len(self.policy) >= cap:
+            raise QueueFullError(
+                f"waiting queue is full ({cap} requests, max_waiting_requests); retry later")
+        request.status = RequestStatus.WAITING
+        self.policy.add(request)
+        self.requests[request.request_id] = request
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.policy)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request waits or runs, or finished outputs are yet to be sent."""
+        return bool(self.running) or len(self.policy) > 0 or bool(self._pending_outputs)
+
+    def make_stats(self) -> dict:
+        stats = self.kv_cache_manager.prefix_cache_stats
+        return {
+            "num_running": len(self.running),
+            "num_waiting": len(self.policy),
+            "kv_cache_usage": self.kv_cache_manager.usage,
+            "prefix_cache_queries": stats.queries,
+            "prefix_cache_hits": stats.hits,
+            "num_preemptions": self.num_preemptions,
+        }
+
+    # -- the step -----------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's requests and token counts.
+
+        Invariant, after every call: each request is in exactly one of running, waiting (the
+        policy's queue) or finished; the tokens scheduled sum to at most
+        ``max_num_batched_tokens`` and at most ``max_num_seqs`` requests run; every scheduled
+        request's block table covers its ``num_computed_tokens``, which has already been
+        advanced by the tokens scheduled (the runner output then only adds sampled tokens).
+        Running requests are served in order before any waiting one is admitted, and no
+        request is admitted in a step that had to preempt. ``num_computed_tokens`` in the
+        output's New/CachedRequestData is the count *before* this step's tokens.
+        """
+        kv = self.kv_cache_manager
+        budget = self.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        # req_id -> (new block ids, num_computed_tokens before this step), in schedule order.
+        scheduled_running: dict[str, tuple[list[int], int]] = {}
+        new_reqs: list[NewRequestData] = []
+        preempted: set[str] = set()
+
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            request = running[i]
+            num_new = request.num_tokens - request.num_computed_tokens
+            if num_new > budget:
+                num_new = budget
+            if num_new <= 0:
+                i += 1
+                continue
+            new_ids = kv.allocate_slots(request, num_new)
+            while new_ids is None:
+                if not kv.can_ever_fit(request.num_computed_tokens + num_new):
+                    running.pop(i)
+                    self._abort_unfittable(request)
+                    break
+                victim = self.policy.choose_victim(running)
+                vi = running.index(victim)
+                running.pop(vi)
+                if vi < i:
+                    i -= 1
+                undone = scheduled_running.pop(victim.request_id, None)
+                if undone is not None:
+                    victim.num_computed_tokens = undone[1]
+                    budget += num_scheduled.pop(victim.request_id)
+                self._preempt(victim, preempted)
+                if victim is request:
+                    break
+                new_ids = kv.allocate_slots(request, num_new)
+            if new_ids is None:
+                continue  # dropped from running; running[i] is already the next one
+            scheduled_running[request.request_id] = (new_ids, request.num_computed_tokens)
+            num_scheduled[request.request_id] = num_new
+            request.num_computed_tokens += num_new
+            budget -= num_new
+            i += 1
+
+        if not preempted:
+            budget = self._admit_waiting(budget, num_scheduled, new_reqs)
+
+        values = scheduled_running.values()
+        cached = CachedRequestData(
+            req_ids=list(scheduled_running),
+            new_block_ids=[v[0] for v in values],
+            num_computed_tokens=[v[1] for v in values],
+        )
+        finished, self.finished_req_ids = self.finished_req_ids, set()
+        return SchedulerOutput(
+            scheduled_new_reqs=new_reqs,
+            scheduled_cached_reqs=cached,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=self.max_num_batched_tokens - budget,
+            finished_req_ids=finished,
+            preempted_req_ids=preempted,
+        )
+
+    def _admit_waiting(
+        self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData]
+    ) -> int:
+        """Move waiting requests to running while tokens, sequences and blocks last."""
+        kv = self.kv_cache_manager
+        policy = self.policy
+        running = self.running
+        while budget > 0 and len(running) < self.max_num_seqs and len(policy):
+            request = policy.peek()
+            if not kv.can_ever_fit(request.num_tokens):
+                policy.pop()
+                self._abort_unfittable(request)
+                continue
+            hit_ids, num_hit = kv.get_computed_blocks(request)
+            num_new = request.num_tokens - num_hit
+            if num_new > budget:
+                if not self.enable_chunked_prefill:
+                    break
+                num_new = budget
+            new_ids = kv.allocate_slots(request, num_new, hit_ids)
+            if new_ids is None:
+                break
+            policy.pop()
+            running.append(request)
+            request.status = _RUNNING
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+                request.num_cached_tokens = num_hit
+            rid = request.request_id
+            new_reqs.append(NewRequestData(
+                req_id=rid,
+                token_ids=list(request.all_token_ids),
+                num_prompt_tokens=request.num_prompt_tokens,
+                sampling_params=request.sampling_params,
+                block_ids=kv.get_block_ids(rid),
+                num_computed_tokens=num_hit,
+                stop_token_ids=request.stop_token_ids,
+            ))
+            num_scheduled[rid] = num_new
+            request.num_computed_tokens = num_hit + num_new
+            budget -= num_new
+        return budget
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
+        """Append sampled tokens, apply stop conditions, free finished requests.
+
+        Call it after every ``schedule()``, even an empty one: it also delivers the outputs of
+        requests the scheduler finished on its own.
+        """
+        outputs = self._pending_outputs
+        self._pending_outputs = []
+        requests = self.requests
+        logprobs = runner_output.logprobs
+        prompt_logprobs = runner_output.prompt_logprobs
+        num_finished = 0
+        for idx, (req_id, new_ids) in enumerate(
+                zip(runner_output.req_ids, runner_output.sampled_token_ids)):
+            request = requests.get(req_id)
+            if request is None or request.status is not _RUNNING:
+                continue  # finished (aborted) after it was scheduled
+            plp = prompt_logprobs.get(req_id) if prompt_logprobs else None
+            if plp is not None:
+                plp = self._unsent_prompt_logprobs(request, plp, scheduler_output)
+            if not new_ids:
+                if plp is not None:
+                    outputs.append(EngineCoreOutput(
+                        req_id, [], None, plp, None, None, request.num_cached_tokens))
+                continue
+            lp = logprobs[idx] if logprobs else None
+            num_kept = self._append_and_check_stop(request, new_ids)
+            if num_kept < len(new_ids):
+                new_ids = new_ids[:num_kept]
+                if lp is not None:
+                    lp = LogprobsLists(lp.token_ids[:num_kept], lp.logprobs[:num_kept],
+                                       lp.ranks[:num_kept])
+            status = request.status
+            if status is _RUNNING:
+                outputs.append(EngineCoreOutput(
+                    req_id, new_ids, lp, plp, None, None, request.num_cached_tokens))
+                continue
+            num_finished += 1
+            self._release(request)
+            outputs.append(EngineCoreOutput(
+                req_id, new_ids, lp, plp, status.finish_reason, request.stop_reason,
+                request.num_cached_tokens))
+        if num_finished:
+            self.running = [r for r in self.running if r.status is _RUNNING]
+        return outputs
+
+    def _append_and_check_stop(self, request: Request, new_ids: list[int]) -> int:
+        """Append tokens one by one until a stop condition; returns how many were kept."""
+        tokens = request.all_token_ids
+        stop_ids = request.stop_token_ids
+        min_tokens = request.sampling_params.min_tokens
+        num_prompt = request.num_prompt_tokens
+        max_tokens = request.max_tokens
+        max_model_len = self.max_model_len
+        for k, tok in enumerate(new_ids, 1):
+            tokens.append(tok)
+            num_output = len(tokens) - num_prompt
+            if tok in stop_ids and num_output >= min_tokens:
+                request.status = _STOPPED
+                is_eos = tok in request.eos_token_ids and not request.sampling_params.ignore_eos
+                request.stop_reason = None if is_eos else tok
+                return k
+            if num_output >= max_tokens or len(tokens) >= max_model_len:
+                request.status = _LENGTH
+                return k
+        return len(new_ids)
+
+    @staticmethod
+    def _unsent_prompt_logprobs(
+        request: Request, plp: LogprobsLists, scheduler_output: SchedulerOutput
+    ) -> LogprobsLists | None:
+        """Drop prompt-logprob rows already sent before a preemption made them recompute.
+
+        Assumes row j of a step's rows belongs to prompt position ``chunk_start + j``.
+        """
+        chunk_start = (request.num_computed_tokens
+                       - scheduler_output.num_scheduled_tokens.get(request.request_id, 0))
+        num_rows = len(plp.token_ids)
+        sent = request.extra.get(_PLP_SENT, 0)
+        request.extra[_PLP_SENT] = max(sent, chunk_start + num_rows)
+        skip = sent - chunk_start
+        if skip <= 0:
+            return plp
+        if skip >= num_rows:
+            return None
+        return LogprobsLists(plp.token_ids[skip:], plp.logprobs[skip:], plp.ranks[skip:])
+
+    # -- finishing and preemption -------------------------------------------------------
+
+    def finish_requests(
+        self, request_ids: str | Iterable[str], finished_status: RequestStatus
+    ) -> None:
+        """Finish requests from outside the step (abort, stop string); unknown ids ignored.
+
+        Frees their blocks and tells the runner with the next ``SchedulerOutput``. No output
+        is emitted: the caller already knows.
+        """
+        if not finished_status.is_finished:
+            raise ValueError(f"finish_requests needs a finished status, got {finished_status!r}")
+        if isinstance(request_ids, str):
+            request_ids = (request_ids,)
+        was_running = False
+        waiting = []
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is None:
+                continue
+            if request.status is _RUNNING:
+                was_running = True
+            else:
+                waiting.append(request)
+            request.status = finished_status
+            self._release(request)
+        if was_running:
+            self.running = [r for r in self.running if r.status is _RUNNING]
+        if waiting:
+            self.policy.remove(waiting)
+
+    def _release(self, request: Request) -> None:
+        """Free a finished request's blocks and forget it (the caller fixes the queues)."""
+        self.kv_cache_manager.free(request)
+        del self.requests[request.request_id]
+        self.finished_req_ids.add(request.request_id)
+
+    def _preempt(self, request: Request, preempted: set[str]) -> None:
+        """Free a running request's blocks and put it back in the waiting queue to recompute."""
+        self.kv_cache_manager.free(request)  # reads num_computed_tokens: reset after
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.policy.prepend(request)
+        preempted.add(request.request_id)
+
+    def _abort_unfittable(self, request: Request) -> None:
+        """Finish a request that needs more KV blocks than the whole cache has."""
+        request.status = _ABORTED
+        self._release(request)
+        self._pending_outputs.append(EngineCoreOutput(
+            request.request_id, [], finish_reason=_ABORTED.finish_reason,
+            num_cached_tokens=request.num_cached_tokens))
