@@ -49,7 +49,8 @@ class EngineCore:
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.runner = ModelRunner(model, attn_backend, device, resolved.torch_dtype,
                                   hf["vocab_size"], cfg.scheduler.max_num_seqs,
-                                  cfg.model.max_model_len, cfg.cache.block_size)
+                                  cfg.model.max_model_len, cfg.cache.block_size,
+                                  collect_registry(pm, "llmserve_logits_processors").values())
 
         block_size = cfg.cache.block_size
         dtype_bytes = torch.tensor([], dtype=resolved.torch_dtype).element_size()

@@ -15,6 +15,7 @@ from llmserve.engine.request import EngineCoreRequest, RequestStatus
 from llmserve.engine.setup import resolve_engine
 from llmserve.outputs import RequestOutput
 from llmserve.plugins import get_plugin_manager
+from llmserve.sample import check_token_ids
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import eos_token_ids, load_tokenizer
 
@@ -76,11 +77,7 @@ class LLMEngine:
                     arrival_time: Optional[float] = None) -> None:
         text, token_ids = self.tokenize_prompt(prompt)
         self.validate_prompt(token_ids)
-        if params.logit_bias:
-            bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"logit_bias token ids must be in [0, {self.vocab_size}); "
-                                 f"got {bad[:5]}")
+        check_token_ids(params, self.vocab_size)
         children = self._child_params(params)
         core_ids = self.output_processor.add_request(request_id, text, token_ids, children)
         arrival = time.monotonic() if arrival_time is None else arrival_time

@@ -8,13 +8,13 @@ tokens with a single device-to-host copy.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
-from llmserve.sample import Sampler, SamplingMetadata
+from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from llmserve.worker.input_batch import InputBatch
@@ -23,7 +23,7 @@ from llmserve.worker.input_batch import InputBatch
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, attn_backend: type, device: torch.device,
                  dtype: torch.dtype, vocab_size: int, max_num_seqs: int, max_model_len: int,
-                 block_size: int, logits_processors: Optional[list] = None) -> None:
+                 block_size: int, logits_processor_classes: Sequence[type] = ()) -> None:
         self.model = model
         self.attn_backend = attn_backend
         self.device = device
@@ -31,8 +31,8 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch = InputBatch(max_num_seqs, max_model_len, block_size)
-        self.sampler = Sampler()
-        self.logits_processors = logits_processors or []
+        # Built-ins first, then the classes plugins contribute through the hook.
+        self.sampler = Sampler(make_logits_processors(logits_processor_classes))
         self.kv_caches: list[torch.Tensor] = []
 
     # ---- set-up -------------------------------------------------------------------------
@@ -126,7 +126,6 @@ class ModelRunner:
                 generators=[batch.generators.get(req_ids[i]) for i in sample_idx],
                 vocab_size=self.vocab_size,
                 device=dev,
-                logits_processors=self.logits_processors,
             )
             out = self.sampler.forward(logits, md_s)
             tokens = out.sampled_token_ids.tolist()
