@@ -289,3 +289,38 @@ def test_kv_capacity_is_logged(llama_dir, caplog):
     # 2 layers x 2 (K,V) x 16 tokens x 2 kv heads x 16 dims x 4 bytes = 8 KiB per block.
     assert core.num_blocks == 2 * 2**20 // 8192
     assert f"{core.num_blocks * 16} tokens" in caplog.text
+
+
+def test_logit_bias_and_allowed_ids_through_engine(llm):
+    out = llm.generate("bias", greedy(6, logit_bias={42: 100.0}), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == [42] * 6
+    allowed = [7, 8, 9]
+    out = llm.generate("allowed", SamplingParams(temperature=1.0, max_tokens=20, seed=0,
+                                                 ignore_eos=True, allowed_token_ids=allowed),
+                       use_tqdm=False)[0].outputs[0]
+    assert set(out.token_ids) <= set(allowed)
+
+
+def test_penalties_through_engine_match_hand_computation(llm, llama_dir):
+    """Greedy under repetition / presence / frequency penalties equals the argmax of the HF
+    model's logits penalised by hand with vLLM's definitions."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    prompt = llm.get_tokenizer().encode("penalty penalty test")
+    params = greedy(6, repetition_penalty=3.0, presence_penalty=1.5, frequency_penalty=0.7)
+    out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    ids, expected = list(prompt), []
+    with torch.no_grad():
+        for _ in range(6):
+            logits = model(torch.tensor([ids])).logits[0, -1].clone()
+            seen = set(ids)
+            counts = torch.bincount(torch.tensor(expected, dtype=torch.long),
+                                    minlength=logits.numel()).float()
+            for t in seen:
+                logits[t] = logits[t] / 3.0 if logits[t] > 0 else logits[t] * 3.0
+            logits -= 0.7 * counts + 1.5 * (counts > 0).float()
+            nxt = int(logits.argmax())
+            expected.append(nxt)
+            ids.append(nxt)
+    assert out == expected

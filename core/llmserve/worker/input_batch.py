@@ -7,6 +7,7 @@ vectorised numpy gathers over the scheduled rows, whatever the requests' lengths
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -82,3 +83,18 @@ class InputBatch:
             self.token_ids[row, n] = token
         self.num_tokens[row] = n + 1
         self.output_ids[row].append(token)
+
+
+class PromptRows(Sequence):
+    """The prompts of some rows, sliced only when read: penalties need them rarely, and
+    slicing every row every step would cost more than the rest of input preparation."""
+
+    def __init__(self, batch: InputBatch, rows: np.ndarray) -> None:
+        self._batch, self._rows = batch, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        row = self._rows[i]
+        return self._batch.token_ids[row, :self._batch.num_prompt_tokens[row]].tolist()

@@ -17,7 +17,7 @@ from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
-from llmserve.worker.input_batch import InputBatch
+from llmserve.worker.input_batch import InputBatch, PromptRows
 
 
 class ModelRunner:
@@ -120,8 +120,7 @@ class ModelRunner:
             md_s = SamplingMetadata.build(
                 params=[batch.params[r] for r in sample_rows],
                 output_token_ids=[batch.output_ids[r] for r in sample_rows],
-                prompt_token_ids=[batch.token_ids[r, :batch.num_prompt_tokens[r]]
-                                  for r in sample_rows],
+                prompt_token_ids=PromptRows(batch, sample_rows),
                 stop_token_ids=[batch.stop_token_ids[r] for r in sample_rows],
                 generators=[batch.generators.get(req_ids[i]) for i in sample_idx],
                 vocab_size=self.vocab_size,
