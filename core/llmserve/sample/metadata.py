@@ -12,10 +12,59 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sampling_params import SAMPLING_EPS, SamplingParams
+
+
+@dataclass
+class SamplingArrays:
+    """The numeric sampling settings of a batch's rows as numpy arrays.
+
+    A runner that keeps these per row (written once when a request arrives) gathers them with
+    one fancy-index per field instead of reading every ``SamplingParams`` every step.
+    """
+
+    temperature: np.ndarray  # float64
+    top_p: np.ndarray  # float64
+    top_k: np.ndarray  # int64; 0 or -1 means off
+    min_p: np.ndarray  # float64
+    #: Bit set of the optional features (``FEATURE_*``) each row uses.
+    features: np.ndarray  # int64
+
+    FIELDS = ("temperature", "top_p", "top_k", "min_p", "features")
+
+    @classmethod
+    def from_params(cls, params: Sequence[SamplingParams]) -> SamplingArrays:
+        n = len(params)
+        return cls(
+            temperature=np.fromiter((p.temperature for p in params), np.float64, n),
+            top_p=np.fromiter((p.top_p for p in params), np.float64, n),
+            top_k=np.fromiter((p.top_k for p in params), np.int64, n),
+            min_p=np.fromiter((p.min_p for p in params), np.float64, n),
+            features=np.fromiter((features_of(p) for p in params), np.int64, n),
+        )
+
+
+FEATURE_LOGPROBS = 1
+FEATURE_PENALTIES = 2
+FEATURE_LOGIT_BIAS = 4
+FEATURE_ALLOWED_IDS = 8
+FEATURE_MIN_TOKENS = 16
+FEATURE_PROCESSORS = 32
+
+
+def features_of(p: SamplingParams) -> int:
+    """The optional sampling features a request uses, as a bit set."""
+    return ((FEATURE_LOGPROBS if p.logprobs is not None else 0)
+            | (FEATURE_PENALTIES if p.presence_penalty or p.frequency_penalty
+               or p.repetition_penalty != 1.0 else 0)
+            | (FEATURE_LOGIT_BIAS if p.logit_bias else 0)
+            | (FEATURE_ALLOWED_IDS if p.allowed_token_ids is not None else 0)
+            | (FEATURE_MIN_TOKENS if p.min_tokens else 0)
+            | (FEATURE_PROCESSORS if p.logits_processors else 0))
 
 
 @dataclass(eq=False)
@@ -103,6 +152,7 @@ class SamplingMetadata:
         vocab_size: int,
         device: torch.device,
         logits_processors: Sequence[LogitsProcessor] = (),
+        arrays: SamplingArrays | None = None,
     ) -> SamplingMetadata:
         """Gather the batch's settings; row i is ``params[i]``.
 
@@ -111,12 +161,16 @@ class SamplingMetadata:
         seed (a generator on ``device``): the runner creates it once from the seed and keeps
         it, so a request's draws depend on its own history only. ``logits_processors`` are
         this step's extra batch-level processors (e.g. structured output), run after the
-        sampler's own. Raises ``ValueError`` for token ids outside the vocab.
+        sampler's own. ``arrays``, when the caller keeps them, are the same settings as
+        per-row numpy arrays, which saves reading every ``SamplingParams`` each step.
+        Raises ``ValueError`` for token ids outside the vocab.
         """
         n = len(params)
-        temps = [p.temperature for p in params]
-        is_greedy = [t < SAMPLING_EPS for t in temps]
-        num_greedy = sum(is_greedy)
+        if arrays is None:
+            arrays = SamplingArrays.from_params(params)
+        temps = arrays.temperature
+        is_greedy = temps < SAMPLING_EPS
+        num_greedy = int(is_greedy.sum())
         md = cls(
             num_reqs=n,
             vocab_size=vocab_size,
@@ -129,33 +183,33 @@ class SamplingMetadata:
             prompt_token_ids=prompt_token_ids,
         )
         if not md.all_greedy:
-            _build_random(md, params, temps, is_greedy, generators)
+            _build_random(md, arrays, is_greedy, generators)
 
-        num_logprobs = [p.logprobs for p in params if p.logprobs is not None]
-        if num_logprobs:
-            md.max_num_logprobs = max(num_logprobs)
-
-        pres = [p.presence_penalty for p in params]
-        freq = [p.frequency_penalty for p in params]
-        rep = [p.repetition_penalty for p in params]
-        if any(pres) or any(freq) or any(r != 1.0 for r in rep):
+        used = int(np.bitwise_or.reduce(arrays.features)) if n else 0
+        if used & FEATURE_LOGPROBS:
+            md.max_num_logprobs = max(p.logprobs for p in params if p.logprobs is not None)
+        if used & FEATURE_PENALTIES:
+            pres = [p.presence_penalty for p in params]
+            freq = [p.frequency_penalty for p in params]
+            rep = [p.repetition_penalty for p in params]
             _build_penalties(md, pres, freq, rep, output_token_ids, prompt_token_ids)
-
-        bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
-        if bias_rows:
-            _build_logit_bias(md, params, bias_rows)
-        allowed_rows = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]
-        if allowed_rows:
-            _build_allowed(md, params, allowed_rows)
-        min_rows = [
-            i for i, p in enumerate(params)
-            if p.min_tokens and len(output_token_ids[i]) < p.min_tokens and stop_token_ids[i]
-        ]
-        if min_rows:
-            _build_min_tokens(md, min_rows, stop_token_ids)
-        md.request_logits_processors = [
-            (i, list(p.logits_processors)) for i, p in enumerate(params) if p.logits_processors
-        ]
+        if used & FEATURE_LOGIT_BIAS:
+            _build_logit_bias(md, params, [i for i, p in enumerate(params) if p.logit_bias])
+        if used & FEATURE_ALLOWED_IDS:
+            _build_allowed(md, params, [i for i, p in enumerate(params)
+                                        if p.allowed_token_ids is not None])
+        if used & FEATURE_MIN_TOKENS:
+            min_rows = [
+                i for i, p in enumerate(params)
+                if p.min_tokens and len(output_token_ids[i]) < p.min_tokens and stop_token_ids[i]
+            ]
+            if min_rows:
+                _build_min_tokens(md, min_rows, stop_token_ids)
+        if used & FEATURE_PROCESSORS:
+            md.request_logits_processors = [
+                (i, list(p.logits_processors)) for i, p in enumerate(params)
+                if p.logits_processors
+            ]
         return md
 
 
@@ -177,29 +231,34 @@ def check_token_ids(params: SamplingParams, vocab_size: int) -> None:
             )
 
 
-def _tensor(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Small host list -> device tensor without blocking the host on accelerators."""
+def _tensor(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small host list or array -> device tensor without blocking the host on accelerators."""
+    if isinstance(data, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(data)).to(dtype)
+        return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
     if device.type == "cpu":
         return torch.tensor(data, dtype=dtype)
     return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
-def _build_random(md, params, temps, is_greedy, generators) -> None:
+def _build_random(md, arrays: SamplingArrays, is_greedy: np.ndarray, generators) -> None:
     v = md.vocab_size
-    md.temperature = _tensor([1.0 if g else t for t, g in zip(temps, is_greedy)],
-                             torch.float32, md.device)
+    md.temperature = _tensor(np.where(is_greedy, 1.0, arrays.temperature), torch.float32,
+                             md.device)
     if not md.all_random:
         md.is_greedy = _tensor(is_greedy, torch.bool, md.device)
-    top_k = [v if g or not 0 < p.top_k < v else p.top_k for p, g in zip(params, is_greedy)]
-    md.max_top_k = max((k for k in top_k if k < v), default=0)
+    k = arrays.top_k
+    top_k = np.where(is_greedy | (k <= 0) | (k >= v), v, k)
+    limited = top_k < v
+    md.max_top_k = int(top_k[limited].max()) if limited.any() else 0
     if md.max_top_k:
         md.top_k = _tensor(top_k, torch.long, md.device)
-    top_p = [1.0 if g else p.top_p for p, g in zip(params, is_greedy)]
-    if min(top_p) < 1.0:
+    top_p = np.where(is_greedy, 1.0, arrays.top_p)
+    if top_p.min() < 1.0:
         md.top_p = _tensor(top_p, torch.float32, md.device)
-        md.top_p_needs_sort = any(p < 1.0 and k >= v for p, k in zip(top_p, top_k))
-    min_p = [0.0 if g else p.min_p for p, g in zip(params, is_greedy)]
-    if max(min_p) > 0.0:
+        md.top_p_needs_sort = bool(((top_p < 1.0) & ~limited).any())
+    min_p = np.where(is_greedy, 0.0, arrays.min_p)
+    if min_p.max() > 0.0:
         md.min_p = _tensor(min_p, torch.float32, md.device)
     md.generators = {
         i: gen for i, gen in enumerate(generators) if gen is not None and not is_greedy[i]

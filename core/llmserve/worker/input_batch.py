@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from llmserve.sample.metadata import SamplingArrays
 from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import NewRequestData
 
@@ -27,10 +28,16 @@ class InputBatch:
         self.num_computed = np.zeros(max_num_reqs, dtype=np.int64)
         self.block_table = np.zeros((max_num_reqs, max_blocks), dtype=np.int64)
         self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        #: Numeric sampling settings per row, gathered for the sampler without touching
+        #: each request's SamplingParams.
+        int_fields = ("top_k", "features")
+        self.sampling = {name: np.zeros(max_num_reqs,
+                                        dtype=np.int64 if name in int_fields else np.float64)
+                         for name in SamplingArrays.FIELDS}
+        #: Rows whose request asked for prompt logprobs (checked vectorised every step).
+        self.wants_prompt_logprobs = np.zeros(max_num_reqs, dtype=bool)
         self.params: list[Optional[SamplingParams]] = [None] * max_num_reqs
         self.stop_token_ids: list[frozenset[int]] = [frozenset()] * max_num_reqs
-        #: Output token ids per row (penalties, min_tokens and logits processors read them).
-        self.output_ids: list[list[int]] = [[] for _ in range(max_num_reqs)]
         self.row_of: dict[str, int] = {}
         self._free_rows = list(range(max_num_reqs - 1, -1, -1))
         #: Seeded generators by request id; they survive preemption so a resumed request
@@ -52,7 +59,10 @@ class InputBatch:
         self.num_blocks[row] = nb
         self.params[row] = req.sampling_params
         self.stop_token_ids[row] = req.stop_token_ids
-        self.output_ids[row] = list(req.token_ids[req.num_prompt_tokens:])
+        self.wants_prompt_logprobs[row] = req.sampling_params.prompt_logprobs is not None
+        settings = SamplingArrays.from_params([req.sampling_params])
+        for name, values in self.sampling.items():
+            values[row] = getattr(settings, name)[0]
         seed = req.sampling_params.seed
         if seed is not None and req.req_id not in self.generators:
             gen = torch.Generator(device=device)
@@ -74,27 +84,41 @@ class InputBatch:
         if row is None:
             return
         self.params[row] = None
-        self.output_ids[row] = []
+        self.wants_prompt_logprobs[row] = False
         self._free_rows.append(row)
 
-    def append_token(self, row: int, token: int) -> None:
-        n = self.num_tokens[row]
-        if n < self.max_model_len:
-            self.token_ids[row, n] = token
-        self.num_tokens[row] = n + 1
-        self.output_ids[row].append(token)
+    def append_tokens(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """Append one sampled token to each of ``rows`` (vectorised)."""
+        n = self.num_tokens[rows]
+        room = n < self.max_model_len
+        self.token_ids[rows[room], n[room]] = tokens[room]
+        self.num_tokens[rows] = n + 1
+
+    def sampling_arrays(self, rows: np.ndarray) -> SamplingArrays:
+        return SamplingArrays(**{name: values[rows] for name, values in self.sampling.items()})
+
+    def prompt_rows(self, rows: np.ndarray) -> "TokenRows":
+        return TokenRows(self.token_ids, rows, np.zeros_like(rows), self.num_prompt_tokens[rows])
+
+    def output_rows(self, rows: np.ndarray) -> "TokenRows":
+        return TokenRows(self.token_ids, rows, self.num_prompt_tokens[rows],
+                         self.num_tokens[rows])
 
 
-class PromptRows(Sequence):
-    """The prompts of some rows, sliced only when read: penalties need them rarely, and
-    slicing every row every step would cost more than the rest of input preparation."""
+class TokenRows(Sequence):
+    """Token-id slices of some rows, copied out only when read.
 
-    def __init__(self, batch: InputBatch, rows: np.ndarray) -> None:
-        self._batch, self._rows = batch, rows
+    Penalties, min_tokens and logits processors read a request's prompt or output tokens, and
+    most steps nobody does: slicing every row every step would cost more than the rest of
+    input preparation. The bounds are captured when the view is made.
+    """
+
+    def __init__(self, token_ids: np.ndarray, rows: np.ndarray, starts: np.ndarray,
+                 ends: np.ndarray) -> None:
+        self._token_ids, self._rows, self._starts, self._ends = token_ids, rows, starts, ends
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def __getitem__(self, i):
-        row = self._rows[i]
-        return self._batch.token_ids[row, :self._batch.num_prompt_tokens[row]].tolist()
+        return self._token_ids[self._rows[i], self._starts[i]:self._ends[i]].tolist()

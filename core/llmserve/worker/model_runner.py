@@ -17,7 +17,7 @@ from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
-from llmserve.worker.input_batch import InputBatch, PromptRows
+from llmserve.worker.input_batch import InputBatch
 
 
 class ModelRunner:
@@ -64,7 +64,8 @@ class ModelRunner:
             req_ids.append(new.req_id)
         cached = so.scheduled_cached_reqs
         for rid, new_blocks in zip(cached.req_ids, cached.new_block_ids):
-            batch.append_blocks(rid, new_blocks)
+            if new_blocks:
+                batch.append_blocks(rid, new_blocks)
         req_ids.extend(cached.req_ids)
         return req_ids
 
@@ -117,39 +118,46 @@ class ModelRunner:
         if len(sample_idx):
             sample_rows = rows[sample_idx]
             logits = self.model.compute_logits(hidden[torch.from_numpy(cu[sample_idx] - 1).to(dev)])
+            gens = batch.generators
             md_s = SamplingMetadata.build(
                 params=[batch.params[r] for r in sample_rows],
-                output_token_ids=[batch.output_ids[r] for r in sample_rows],
-                prompt_token_ids=PromptRows(batch, sample_rows),
+                output_token_ids=batch.output_rows(sample_rows),
+                prompt_token_ids=batch.prompt_rows(sample_rows),
                 stop_token_ids=[batch.stop_token_ids[r] for r in sample_rows],
-                generators=[batch.generators.get(req_ids[i]) for i in sample_idx],
+                generators=([gens.get(req_ids[i]) for i in sample_idx] if gens
+                            else [None] * len(sample_idx)),
                 vocab_size=self.vocab_size,
                 device=dev,
+                arrays=batch.sampling_arrays(sample_rows),
             )
             out = self.sampler.forward(logits, md_s)
-            tokens = out.sampled_token_ids.tolist()
-            lp = out.logprobs.tolists() if out.logprobs is not None else None
-            for j, i in enumerate(sample_idx):
-                row, tok = rows[i], tokens[j]
-                batch.append_token(row, tok)
+            tokens = out.sampled_token_ids.cpu().numpy()
+            batch.append_tokens(sample_rows, tokens)
+            for i, tok in zip(sample_idx.tolist(), tokens.tolist()):
                 sampled_lists[i] = [tok]
-                if lp is not None:
-                    k = batch.params[row].logprobs
-                    if k is not None:
-                        logprob_rows[i] = LogprobsLists([lp.token_ids[j][:k + 1]],
-                                                        [lp.logprobs[j][:k + 1]], [lp.ranks[j]])
+            if out.logprobs is not None:
+                self._split_logprobs(out.logprobs.tolists(), sample_idx, sample_rows,
+                                     logprob_rows)
         prompt_lp = self._prompt_logprobs(req_ids, rows, starts, computed, num_sched, hidden)
         return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, prompt_lp)
+
+    def _split_logprobs(self, lp: LogprobsLists, sample_idx, sample_rows,
+                        out: list[Optional[LogprobsLists]]) -> None:
+        """Row j of the batch's logprobs, trimmed to what its request asked for."""
+        for j, (i, row) in enumerate(zip(sample_idx.tolist(), sample_rows.tolist())):
+            k = self.batch.params[row].logprobs
+            if k is not None:
+                out[i] = LogprobsLists([lp.token_ids[j][:k + 1]], [lp.logprobs[j][:k + 1]],
+                                       [lp.ranks[j]])
 
     def _prompt_logprobs(self, req_ids, rows, starts, computed, num_sched,
                          hidden) -> dict[str, LogprobsLists]:
         """Logprobs of prompt tokens 1..P-1 for the positions computed this step."""
         result: dict[str, LogprobsLists] = {}
         batch = self.batch
-        for i, row in enumerate(rows):
+        for i in np.nonzero(batch.wants_prompt_logprobs[rows])[0].tolist():
+            row = rows[i]
             params = batch.params[row]
-            if params is None or params.prompt_logprobs is None:
-                continue
             last = int(batch.num_prompt_tokens[row]) - 2  # last position predicting a prompt token
             first = int(computed[i])
             end = min(first + int(num_sched[i]) - 1, last)
