@@ -45,7 +45,8 @@ class EngineCore:
 
         hf = resolved.hf_config
         model = load_model(cfg.model.model, hf, resolved.model_cls, resolved.torch_dtype, device,
-                           attn_backend, cfg.model.max_model_len, resolved.load_format)
+                           attn_backend, cfg.model.max_model_len, resolved.load_format,
+                           platform.layer_ops())
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.runner = ModelRunner(model, attn_backend, device, resolved.torch_dtype,
                                   hf["vocab_size"], cfg.scheduler.max_num_seqs,

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from llmserve.layers.ops import TORCH_OPS, LayerOps
+
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
 
@@ -35,8 +37,9 @@ class RotaryEmbedding(nn.Module):
     q and k of a flattened token batch by each token's own position."""
 
     def __init__(self, head_dim: int, max_position: int, theta: float,
-                 rope_params: Optional[dict[str, Any]] = None) -> None:
+                 rope_params: Optional[dict[str, Any]] = None, ops: LayerOps = TORCH_OPS) -> None:
         super().__init__()
+        self.ops = ops
         params = dict(rope_params or {})
         rope_type = params.get("rope_type", params.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -56,30 +59,23 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cache", emb.sin(), persistent=False)
         self.head_dim = head_dim
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, H, D], k: [T, KVH, D], positions: [T]."""
-        cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
-        q = q * cos + self._rotate_half(q) * sin
-        k = k * cos + self._rotate_half(k) * sin
-        return q, k
+        return self.ops.rotary(positions, q, k, self.cos_cache, self.sin_cache)
 
 
 _ROPE_CACHE: dict[tuple, RotaryEmbedding] = {}
 
 
 def get_rope(head_dim: int, max_position: int, theta: float,
-             rope_params: Optional[dict[str, Any]] = None) -> RotaryEmbedding:
+             rope_params: Optional[dict[str, Any]] = None,
+             ops: LayerOps = TORCH_OPS) -> RotaryEmbedding:
     """A shared RotaryEmbedding: every layer of a model uses the same cos/sin tables."""
     key = (head_dim, max_position, theta, repr(sorted((rope_params or {}).items())),
-           str(torch.get_default_device()))
+           str(torch.get_default_device()), ops.name)
     rope = _ROPE_CACHE.get(key)
     if rope is None:
-        rope = _ROPE_CACHE[key] = RotaryEmbedding(head_dim, max_position, theta, rope_params)
+        rope = _ROPE_CACHE[key] = RotaryEmbedding(head_dim, max_position, theta, rope_params,
+                                                  ops)
     return rope

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 
 from llmserve.layers.linear import LinearMethod
+from llmserve.layers.ops import TORCH_OPS, LayerOps
 
 
 @dataclass
@@ -17,6 +18,8 @@ class ModelBuildContext:
     attn_backend: type
     max_position: int
     linear_method: Optional[LinearMethod] = None
+    #: Elementwise kernels the layers call (the platform's ``layer_ops()``).
+    ops: LayerOps = TORCH_OPS
     #: Architecture switches a model class reads off the config (e.g. qkv_bias, qk_norm).
     flags: dict[str, bool] = field(default_factory=dict)
 

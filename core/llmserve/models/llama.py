@@ -48,10 +48,11 @@ class LlamaAttention(nn.Module):
                                         dtype=ctx.dtype, linear_method=ctx.linear_method)
         self.qk_norm = ctx.qk_norm
         if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype)
-            self.k_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype)
+            self.q_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype, ctx.ops)
+            self.k_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype, ctx.ops)
         theta, rope_params = rope_settings(cfg)
-        self.rotary_emb = get_rope(self.head_dim, ctx.max_position, theta, rope_params)
+        self.rotary_emb = get_rope(self.head_dim, ctx.max_position, theta, rope_params,
+                                   ctx.ops)
         self.layer_idx = layer_idx
         self.attn = ctx.attn_backend(self.num_heads, self.head_dim, self.num_kv_heads,
                                      self.head_dim ** -0.5)
@@ -85,7 +86,7 @@ class LlamaMLP(nn.Module):
                                                        linear_method=ctx.linear_method)
         self.down_proj = RowParallelLinear(inter, hidden, bias=bias, dtype=ctx.dtype,
                                            linear_method=ctx.linear_method)
-        self.act_fn = SiluAndMul()
+        self.act_fn = SiluAndMul(ctx.ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
@@ -97,8 +98,8 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(cfg, layer_idx, ctx)
         self.mlp = LlamaMLP(cfg, ctx)
         eps = cfg["rms_norm_eps"]
-        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype)
-        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype, ctx.ops)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps, ctx.dtype, ctx.ops)
 
     def forward(self, positions, hidden, residual, fctx):
         if residual is None:
@@ -118,7 +119,7 @@ class LlamaModel(nn.Module):
                                                    ctx.dtype)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, ctx)
                                     for i in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], ctx.dtype)
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], ctx.dtype, ctx.ops)
 
     def forward(self, input_ids, positions, fctx):
         hidden = self.embed_tokens(input_ids)

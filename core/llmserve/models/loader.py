@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
+from llmserve.layers.ops import TORCH_OPS, LayerOps
 from llmserve.models.base import ModelBuildContext
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,10 @@ def fill_dummy_weights(model: torch.nn.Module, seed: int = 0) -> None:
 
 def load_model(model_dir: str | Path, cfg: dict[str, Any], model_cls: type, dtype: torch.dtype,
                device: torch.device, attn_backend: type, max_position: int,
-               load_format: str = "auto") -> torch.nn.Module:
+               load_format: str = "auto", ops: LayerOps = TORCH_OPS) -> torch.nn.Module:
     flags = model_cls.build_context_flags(cfg) if hasattr(model_cls, "build_context_flags") else {}
     ctx = ModelBuildContext(dtype=dtype, attn_backend=attn_backend, max_position=max_position,
-                            flags=flags)
+                            flags=flags, ops=ops)
     with torch.device(device):
         model = model_cls(cfg, ctx)
     if load_format == "dummy":

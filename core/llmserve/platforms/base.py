@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from llmserve.layers.ops import LayerOps
 
 
 class Platform:
@@ -39,6 +42,13 @@ class Platform:
                               model_bytes: int) -> int:
         """Bytes to give the KV cache after the model is loaded and profiled."""
         raise NotImplementedError
+
+    @classmethod
+    def layer_ops(cls) -> "LayerOps":
+        """The elementwise kernels (norms, rotary, activations) models run with here."""
+        from llmserve.layers.ops import TORCH_OPS
+
+        return TORCH_OPS
 
     @classmethod
     def synchronize(cls) -> None:
