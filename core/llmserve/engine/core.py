@@ -19,7 +19,6 @@ from llmserve.kv_cache.spec import FullAttentionSpec, num_blocks_for_budget
 from llmserve.models.loader import load_model
 from llmserve.plugins import collect_registry
 from llmserve.scheduler.scheduler import Scheduler
-from llmserve.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ class EngineCore:
                            attn_backend, cfg.model.max_model_len, resolved.load_format,
                            platform.layer_ops())
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        self.runner = ModelRunner(model, attn_backend, device, resolved.torch_dtype,
+        runner_cls = platform.model_runner_class()
+        self.runner = runner_cls(model, attn_backend, device, resolved.torch_dtype,
                                   hf["vocab_size"], cfg.scheduler.max_num_seqs,
                                   cfg.model.max_model_len, cfg.cache.block_size,
                                   collect_registry(pm, "llmserve_logits_processors").values())
@@ -60,10 +60,16 @@ class EngineCore:
         if cfg.cache.num_gpu_blocks_override is not None:
             num_blocks = cfg.cache.num_gpu_blocks_override
         else:
+            if platform.needs_profile_run:
+                self.runner.profile_run(cfg.scheduler.max_num_batched_tokens,
+                                        cfg.scheduler.max_num_seqs)
             budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
                                                     cfg.cache.gpu_memory_utilization, model_bytes)
             num_blocks = num_blocks_for_budget(specs, budget)
         self.runner.initialize_kv_cache(num_blocks)
+        t_warm = time.monotonic()
+        self.runner.warm_up()
+        self.warm_up_s = time.monotonic() - t_warm
         self.num_blocks = num_blocks
         self.kv_capacity_tokens = num_blocks * block_size
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB) on %s",

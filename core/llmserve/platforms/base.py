@@ -23,6 +23,9 @@ class Platform:
     priority: ClassVar[int] = 0
     #: Attention backend name (from the ``llmserve_attention_backends`` hook) used by default.
     default_attention_backend: ClassVar[str] = "torch"
+    #: Whether the engine runs ``ModelRunner.profile_run`` before asking
+    #: ``kv_cache_budget_bytes`` (platforms that size the cache from measured free memory).
+    needs_profile_run: ClassVar[bool] = False
 
     @classmethod
     def is_available(cls) -> bool:
@@ -40,8 +43,17 @@ class Platform:
     @classmethod
     def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float,
                               model_bytes: int) -> int:
-        """Bytes to give the KV cache after the model is loaded and profiled."""
+        """Bytes to give the KV cache after the model is loaded (and profiled, when
+        ``needs_profile_run``). ``requested`` is the user's explicit ``kv_cache_memory``."""
         raise NotImplementedError
+
+    @classmethod
+    def model_runner_class(cls) -> type:
+        """The model runner for this platform: ``llmserve.worker.model_runner.ModelRunner``
+        or a subclass (which typically overrides ``run_model``, e.g. to replay graphs)."""
+        from llmserve.worker.model_runner import ModelRunner
+
+        return ModelRunner
 
     @classmethod
     def layer_ops(cls) -> "LayerOps":

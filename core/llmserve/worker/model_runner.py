@@ -8,6 +8,7 @@ tokens with a single device-to-host copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,32 @@ from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from llmserve.worker.input_batch import InputBatch
+
+
+@dataclass
+class StepBatch:
+    """One step's flat batch on the host: per scheduled request, then per token."""
+
+    rows: np.ndarray  # [num_seqs] InputBatch row of each request
+    num_sched: np.ndarray  # [num_seqs] tokens computed this step
+    computed: np.ndarray  # [num_seqs] tokens already in the cache before this step
+    cu: np.ndarray  # [num_seqs] cumulative num_sched (end offset of each request's tokens)
+    input_ids: np.ndarray  # [num_tokens]
+    positions: np.ndarray  # [num_tokens]
+    slots: np.ndarray  # [num_tokens] flat cache slot of each token
+    seq_lens: np.ndarray  # [num_seqs] computed + num_sched
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.rows)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.num_tokens == self.num_seqs
 
 
 class ModelRunner:
@@ -50,6 +77,47 @@ class ModelRunner:
             for kvh, d in self.kv_cache_layer_shapes()
         ]
 
+    def warm_up(self) -> None:
+        """Called once after the KV cache exists, before serving; platform runners capture
+        their graphs here. The reference runner has nothing to prepare."""
+
+    @torch.inference_mode()
+    def profile_run(self, num_tokens: int, num_seqs: int) -> None:
+        """One forward pass at the largest step the scheduler can produce (``num_tokens``
+        over ``num_seqs`` sequences, logits for every sequence), on a throwaway cache, so a
+        platform can measure peak activation memory before sizing the KV cache."""
+        bs = self.block_size
+        num_seqs = max(1, min(num_seqs, num_tokens))
+        lens = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int64)
+        lens[: num_tokens % num_seqs] += 1
+        blocks_per_seq = -(-lens // bs)
+        first_block = np.concatenate(([0], np.cumsum(blocks_per_seq)[:-1]))
+        seq_of_token = np.repeat(np.arange(num_seqs), lens)
+        cu = np.cumsum(lens)
+        positions = np.arange(num_tokens) - (cu - lens)[seq_of_token]
+        slots = (first_block[seq_of_token] + positions // bs) * bs + positions % bs
+        tables = first_block[:, None] + np.arange(int(blocks_per_seq.max()))[None, :]
+        saved = self.kv_caches
+        self.initialize_kv_cache(int(blocks_per_seq.sum()))
+        try:
+            dev = self.device
+            md = AttentionMetadata(
+                num_tokens=num_tokens, num_seqs=num_seqs, max_query_len=int(lens.max()),
+                max_seq_len=int(lens.max()), block_size=bs,
+                query_start_loc=torch.from_numpy(np.concatenate(([0], cu))).to(dev),
+                query_lens=torch.from_numpy(lens).to(dev),
+                seq_lens=torch.from_numpy(lens).to(dev),
+                block_tables=torch.from_numpy(tables).to(dev),
+                slot_mapping=torch.from_numpy(slots).to(dev))
+            self.attn_backend.prepare(md)
+            hidden = self.model(torch.zeros(num_tokens, dtype=torch.long, device=dev),
+                                torch.from_numpy(positions).to(dev),
+                                ForwardContext(md, self.kv_caches))
+            logits = self.model.compute_logits(hidden[torch.from_numpy(cu - 1).to(dev)])
+            torch.softmax(logits.float(), dim=-1)
+        finally:
+            self.kv_caches = saved
+
     # ---- one step -----------------------------------------------------------------------
 
     def _update_batch(self, so: SchedulerOutput) -> list[str]:
@@ -69,11 +137,8 @@ class ModelRunner:
         req_ids.extend(cached.req_ids)
         return req_ids
 
-    @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        req_ids = self._update_batch(so)
-        if not req_ids:
-            return ModelRunnerOutput([], [], [])
+    def _step_batch(self, so: SchedulerOutput, req_ids: list[str]) -> StepBatch:
+        """The flat token batch of this step, gathered from the persistent rows (numpy)."""
         batch = self.batch
         rows = np.fromiter((batch.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
         num_sched = np.fromiter((so.num_scheduled_tokens[r] for r in req_ids), dtype=np.int64,
@@ -85,29 +150,53 @@ class ModelRunner:
         seq_of_token = np.repeat(np.arange(len(rows)), num_sched)
         positions = computed[seq_of_token] + (np.arange(total) - starts[seq_of_token])
         token_rows = rows[seq_of_token]
-        input_ids = batch.token_ids[token_rows, positions]
         bs = self.block_size
-        slots = batch.block_table[token_rows, positions // bs] * bs + positions % bs
-        seq_lens = computed + num_sched
-        max_blocks = int(-(-seq_lens.max() // bs))
+        return StepBatch(
+            rows=rows, num_sched=num_sched, computed=computed, cu=cu,
+            input_ids=batch.token_ids[token_rows, positions],
+            positions=positions,
+            slots=batch.block_table[token_rows, positions // bs] * bs + positions % bs,
+            seq_lens=computed + num_sched,
+        )
 
-        dev = self.device
+    def _attention_metadata(self, step: StepBatch) -> AttentionMetadata:
+        dev, bs = self.device, self.block_size
+        max_blocks = int(-(-step.seq_lens.max() // bs))
         md = AttentionMetadata(
-            num_tokens=total,
-            num_seqs=len(rows),
-            max_query_len=int(num_sched.max()),
-            max_seq_len=int(seq_lens.max()),
+            num_tokens=step.num_tokens,
+            num_seqs=step.num_seqs,
+            max_query_len=int(step.num_sched.max()),
+            max_seq_len=int(step.seq_lens.max()),
             block_size=bs,
-            query_start_loc=torch.from_numpy(np.concatenate(([0], cu))).to(dev),
-            query_lens=torch.from_numpy(num_sched).to(dev),
-            seq_lens=torch.from_numpy(seq_lens).to(dev),
-            block_tables=torch.from_numpy(batch.block_table[rows, :max_blocks]).to(dev),
-            slot_mapping=torch.from_numpy(slots).to(dev),
+            query_start_loc=torch.from_numpy(np.concatenate(([0], step.cu))).to(dev),
+            query_lens=torch.from_numpy(step.num_sched).to(dev),
+            seq_lens=torch.from_numpy(step.seq_lens).to(dev),
+            block_tables=torch.from_numpy(self.batch.block_table[step.rows, :max_blocks]).to(dev),
+            slot_mapping=torch.from_numpy(step.slots).to(dev),
         )
         self.attn_backend.prepare(md)
-        hidden = self.model(torch.from_numpy(input_ids).to(dev),
-                            torch.from_numpy(positions).to(dev),
-                            ForwardContext(md, self.kv_caches))
+        return md
+
+    def run_model(self, step: StepBatch) -> torch.Tensor:
+        """Hidden states of every token of the step, [num_tokens, hidden].
+
+        Platform runners override this (e.g. to replay a captured graph for decode batches).
+        """
+        md = self._attention_metadata(step)
+        return self.model(torch.from_numpy(step.input_ids).to(self.device),
+                          torch.from_numpy(step.positions).to(self.device),
+                          ForwardContext(md, self.kv_caches))
+
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        req_ids = self._update_batch(so)
+        if not req_ids:
+            return ModelRunnerOutput([], [], [])
+        batch = self.batch
+        dev = self.device
+        step = self._step_batch(so, req_ids)
+        hidden = self.run_model(step)
+        rows, cu, seq_lens = step.rows, step.cu, step.seq_lens
 
         # Requests whose computed tokens reach everything known sample a token this step.
         batch.num_computed[rows] = seq_lens
@@ -138,7 +227,8 @@ class ModelRunner:
             if out.logprobs is not None:
                 self._split_logprobs(out.logprobs.tolists(), sample_idx, sample_rows,
                                      logprob_rows)
-        prompt_lp = self._prompt_logprobs(req_ids, rows, starts, computed, num_sched, hidden)
+        prompt_lp = self._prompt_logprobs(req_ids, rows, cu - step.num_sched, step.computed,
+                                          step.num_sched, hidden)
         return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, prompt_lp)
 
     def _split_logprobs(self, lp: LogprobsLists, sample_idx, sample_rows,
