@@ -69,22 +69,42 @@ def run_hf_generate(model, prompts: list[list[int]], output_len: int, kind: str,
     return _figures(kind, elapsed, ttft, len(prompts[0]), output_len, lengths)
 
 
+def run_hf_generate_batch(model, prompts: list[list[int]], output_len: int) -> dict[str, Any]:
+    """HF transformers' continuous batching (``generate_batch``, paged sdpa) as the peer."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
+    device = str(model.device)
+    with torch.inference_mode():
+        model.generate_batch(inputs=prompts[:2], generation_config=cfg, progress_bar=False)
+        _sync(device)
+        t0 = time.perf_counter()
+        results = model.generate_batch(inputs=prompts, generation_config=cfg, progress_bar=False)
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    lengths = [len(r.generated_tokens) for r in results.values()]
+    return _figures("throughput", elapsed, None, len(prompts[0]), output_len, lengths)
+
+
 def build_hf_model(config: dict[str, Any], model_dir: Optional[str], dtype: torch.dtype,
-                   device: str):
+                   device: str, attn_implementation: Optional[str] = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_dir is not None and not config.get("_shape"):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation=attn_implementation).to(device).eval()
     fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type",
                                                            "_shape", "dtype")}
     cfg = AutoConfig.for_model(config["model_type"], **fields)
     cfg.architectures = config["architectures"]
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype,
+                                                 attn_implementation=attn_implementation)
     return model.eval()
 
 
-def _figures(kind: str, elapsed: float, ttft: float, input_len: int, output_len: int,
+def _figures(kind: str, elapsed: float, ttft: Optional[float], input_len: int, output_len: int,
              lengths: list[int]) -> dict[str, Any]:
     """Result figures; a request that returned other than ``output_len`` tokens failed."""
     num_prompts, out_tokens = len(lengths), sum(lengths)
@@ -94,10 +114,11 @@ def _figures(kind: str, elapsed: float, ttft: float, input_len: int, output_len:
         "elapsed_s": round(elapsed, 4),
         "output_tok_s": round(out_tokens / elapsed, 2),
         "total_tok_s": round((out_tokens + num_prompts * input_len) / elapsed, 2),
-        "ttft_ms_median": round(ttft * 1e3, 3),
         "input_len": input_len,
         "output_len": output_len,
     }
-    if kind == "latency" and output_len > 1:
+    if ttft is not None:
+        figures["ttft_ms_median"] = round(ttft * 1e3, 3)
+    if kind == "latency" and output_len > 1 and ttft is not None:
         figures["tpot_ms_median"] = round((elapsed - ttft) / (output_len - 1) * 1e3, 3)
     return figures

@@ -40,7 +40,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True)
 class Workload:
     shape: str
-    kind: str  # "latency" or "throughput"
+    kind: str  # "latency", "throughput" or "startup"
     num_prompts: int
     input_len: int
     output_len: int
@@ -51,6 +51,7 @@ WORKLOADS: dict[str, Workload] = {
     "throughput-8b": Workload("llama-8b", "throughput", 1000, 512, 128),
     "latency-0.5b": Workload("qwen-0.5b", "latency", 1, 128, 256),
     "throughput-0.5b": Workload("qwen-0.5b", "throughput", 1000, 512, 128),
+    "startup-8b": Workload("llama-8b", "startup", 1, 16, 1),
     "latency-tiny": Workload("tiny", "latency", 1, 128, 128),
     "throughput-tiny": Workload("tiny", "throughput", 64, 128, 32),
 }

@@ -16,7 +16,7 @@ class BenchCommand(CliCommand):
     help = "Measure offline latency or throughput (llmserve, and HF transformers as the peer)."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("kind", choices=["latency", "throughput"])
+        parser.add_argument("kind", choices=["latency", "throughput", "startup"])
         parser.add_argument("--workload", default=None,
                             help="a standard workload (sets shape and lengths), e.g. latency-8b")
         parser.add_argument("--model", default=None, help="HF model directory")
@@ -24,7 +24,12 @@ class BenchCommand(CliCommand):
         parser.add_argument("--num-prompts", type=int, default=None)
         parser.add_argument("--input-len", type=int, default=None)
         parser.add_argument("--output-len", type=int, default=None)
-        parser.add_argument("--peer", choices=["none", "hf-generate"], default="none")
+        parser.add_argument("--peer", choices=["none", "hf-generate", "hf-generate-batch"],
+                            default="none",
+                            help="also run HF transformers: static-batch generate, or its "
+                                 "continuous batching (generate_batch, paged sdpa)")
+        parser.add_argument("--peer-num-prompts", type=int, default=None,
+                            help="prompts for the peer (default: the same as llmserve)")
         parser.add_argument("--hf-batch-size", type=int, default=32)
         parser.add_argument("--results-dir", default=None,
                             help="write one JSON file per engine here")
@@ -34,7 +39,7 @@ class BenchCommand(CliCommand):
         import torch
 
         from llmserve.bench.offline import (build_hf_model, random_prompts, run_hf_generate,
-                                            run_llmserve)
+                                            run_hf_generate_batch, run_llmserve)
         from llmserve.bench.results import make_result, write_result
         from llmserve.bench.shapes import WORKLOADS, Workload, shape_dir
         from llmserve.llm import LLM
@@ -56,6 +61,16 @@ class BenchCommand(CliCommand):
         if shape:
             updates.update(load_format="dummy", skip_tokenizer_init=True)
         engine_args = engine_args.model_copy(update=updates)
+        if args.kind == "startup":
+            from llmserve.bench import startup
+
+            result = make_result(args.workload or f"startup-{shape or 'model'}", "llmserve",
+                                 "cuda" if torch.cuda.is_available() else "cpu",
+                                 startup.run(engine_args.model_dump()))
+            print(json.dumps(result))
+            if args.results_dir:
+                write_result(result, args.results_dir)
+            return 0
         llm = LLM(**engine_args.model_dump())
         core = llm.llm_engine.core
         prompts = random_prompts(num, in_len, llm.llm_engine.vocab_size)
@@ -63,18 +78,23 @@ class BenchCommand(CliCommand):
         results = [make_result(name, "llmserve", core.device.type,
                                {**run_llmserve(llm, prompts, out_len, args.kind),
                                 "startup_s": round(core.startup_s, 3)})]
-        if args.peer == "hf-generate":
+        if args.peer != "none":
             device = core.device.type
             dtype = core.resolved.torch_dtype
             del llm, core
             if device == "cuda":
                 torch.cuda.empty_cache()
             cfg = dict(read_hf_config(model_dir), _shape=bool(shape))
-            model = build_hf_model(cfg, model_dir, dtype, device)
-            figures = run_hf_generate(model, prompts, out_len, args.kind,
-                                      1 if args.kind == "latency" else args.hf_batch_size)
-            results.append(make_result(name, "hf-generate", device,
-                                       {**figures, "hf_batch_size": args.hf_batch_size}))
+            peer_prompts = prompts[:args.peer_num_prompts or num]
+            if args.peer == "hf-generate":
+                model = build_hf_model(cfg, model_dir, dtype, device)
+                batch = 1 if args.kind == "latency" else args.hf_batch_size
+                figures = {**run_hf_generate(model, peer_prompts, out_len, args.kind, batch),
+                           "hf_batch_size": batch}
+            else:
+                model = build_hf_model(cfg, model_dir, dtype, device, "sdpa_paged")
+                figures = run_hf_generate_batch(model, peer_prompts, out_len)
+            results.append(make_result(name, args.peer, device, figures))
         for r in results:
             print(json.dumps(r))
             if args.results_dir:

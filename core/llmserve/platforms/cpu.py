@@ -6,8 +6,9 @@ import torch
 
 from llmserve.platforms.base import Platform
 
-#: KV cache bytes when the user gives no ``kv_cache_memory`` on the CPU.
-DEFAULT_CPU_KV_CACHE_BYTES = 4 * 1024**3
+#: KV cache bytes when the user gives no ``kv_cache_memory`` on the CPU. The cache is
+#: zero-filled at start-up (about 1 s per GiB on a small machine), so the default stays modest.
+DEFAULT_CPU_KV_CACHE_BYTES = 1024**3
 
 
 class CpuPlatform(Platform):

@@ -1,0 +1,137 @@
+"""CUDA graphs for decode steps.
+
+A decode step launches a few hundred small kernels; at batch 1 launching them costs more
+than running them. Each captured graph replays the whole forward of a decode batch of one
+fixed size from static input buffers. A step of ``n`` requests uses the smallest captured
+size ``>= n``; the extra rows write their K/V into a scratch block that belongs to no request
+and their outputs are dropped. Prefill and mixed steps run eagerly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from llmserve.attention.backend import AttentionMetadata, ForwardContext
+from llmserve.worker.model_runner import ModelRunner, StepBatch
+
+logger = logging.getLogger(__name__)
+
+#: Set to 0 to run every step eagerly (debugging, or to compare).
+ENV_DISABLE = "LLMSERVE_CUDA_GRAPHS"
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """Decode batch sizes to capture: 1, 2, 4, 8, then every 16 up to ``max_num_seqs``
+    (which is always included)."""
+    sizes = [s for s in (1, 2, 4, 8) if s <= max_num_seqs]
+    sizes += list(range(16, max_num_seqs + 1, 16))
+    if sizes[-1] != max_num_seqs:
+        sizes.append(max_num_seqs)
+    return sizes
+
+
+class CudaGraphModelRunner(ModelRunner):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_num_seqs = self.batch.token_ids.shape[0]
+        self.max_model_len = self.batch.max_model_len
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.sizes: list[int] = []
+        self.capture_s = 0.0
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        # One block more than the scheduler knows of: padded graph rows write there.
+        super().initialize_kv_cache(num_blocks + 1)
+        self.scratch_block = num_blocks
+
+    # ---- capture --------------------------------------------------------------------------
+
+    def _static_metadata(self, size: int) -> AttentionMetadata:
+        md = AttentionMetadata(
+            num_tokens=size,
+            num_seqs=size,
+            max_query_len=1,
+            # Kernels bound their loops by each sequence's length read from memory; the
+            # plan (split-KV factor) is made once for the longest sequence possible.
+            max_seq_len=self.max_model_len,
+            block_size=self.block_size,
+            query_start_loc=self.query_start_loc[:size + 1],
+            query_lens=self.query_lens[:size],
+            seq_lens=self.static[3, :size],
+            block_tables=self.block_tables[:size],
+            slot_mapping=self.static[2, :size],
+        )
+        self.attn_backend.prepare(md)
+        return md
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        if os.environ.get(ENV_DISABLE, "1") == "0":
+            logger.info("CUDA graphs disabled by %s=0", ENV_DISABLE)
+            return
+        t0 = time.monotonic()
+        dev = self.device
+        self.sizes = capture_sizes(self.max_num_seqs)
+        max_size = self.sizes[-1]
+        max_blocks = self.batch.block_table.shape[1]
+        # Rows: input ids, positions, slots, seq lens (one host->device copy per step).
+        self.static = torch.zeros(4, max_size, dtype=torch.long, device=dev)
+        self.static_host = torch.zeros(4, max_size, dtype=torch.long, pin_memory=True)
+        self.query_start_loc = torch.arange(max_size + 1, dtype=torch.long, device=dev)
+        self.query_lens = torch.ones(max_size, dtype=torch.long, device=dev)
+        self.block_tables = torch.full((max_size, max_blocks), self.scratch_block,
+                                       dtype=torch.long, device=dev)
+        self._reset_padding(0, max_size)
+        pool = torch.cuda.graph_pool_handle()
+        for size in reversed(self.sizes):
+            md = self._static_metadata(size)
+            fctx = ForwardContext(md, self.kv_caches)
+            ids, pos = self.static[0, :size], self.static[1, :size]
+            for _ in range(2):  # compile kernels and settle allocations outside the capture
+                self.model(ids, pos, fctx)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = self.model(ids, pos, fctx)
+            self.graphs[size] = (graph, out)
+        torch.cuda.synchronize()
+        self.capture_s = time.monotonic() - t0
+        logger.info("captured %d CUDA graphs (decode batch sizes %d..%d) in %.2f s",
+                    len(self.sizes), self.sizes[0], max_size, self.capture_s)
+
+    def _reset_padding(self, start: int, end: int) -> None:
+        """Rows [start, end) become inert: one token at position 0 in the scratch block."""
+        host = self.static_host
+        host[:, start:end] = 0
+        host[2, start:end] = self.scratch_block * self.block_size
+        host[3, start:end] = 1
+
+    # ---- replay ---------------------------------------------------------------------------
+
+    def run_model(self, step: StepBatch) -> torch.Tensor:
+        n = step.num_seqs
+        if not self.graphs or not step.is_decode_only or n > self.sizes[-1]:
+            return super().run_model(step)
+        size = self.sizes[bisect.bisect_left(self.sizes, n)]
+        host = self.static_host
+        host[0, :n] = torch.from_numpy(step.input_ids)
+        host[1, :n] = torch.from_numpy(step.positions)
+        host[2, :n] = torch.from_numpy(step.slots)
+        host[3, :n] = torch.from_numpy(step.seq_lens)
+        if size > n:
+            self._reset_padding(n, size)
+        self.static[:, :size].copy_(host[:, :size], non_blocking=True)
+        nb = int(-(-int(step.seq_lens.max()) // self.block_size))
+        tables = torch.from_numpy(np.ascontiguousarray(self.batch.block_table[step.rows, :nb]))
+        self.block_tables[:n, :nb].copy_(tables, non_blocking=True)
+        if size > n:
+            self.block_tables[n:size, 0] = self.scratch_block
+        graph, out = self.graphs[size]
+        graph.replay()
+        return out[:n]
