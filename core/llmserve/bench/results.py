@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,13 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name()
     import platform
 
-    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def git_commit() -> str:
+    """The commit benchmarked: ``LLMSERVE_COMMIT`` when set (a copied tree has no git)."""
+    if os.environ.get("LLMSERVE_COMMIT"):
+        return os.environ["LLMSERVE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()

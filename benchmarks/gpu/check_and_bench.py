@@ -1,0 +1,225 @@
+"""One GPU session: correctness first, then the standard workloads, a table last.
+
+Run on the lent H100 from the repository root (see benchmarks/README.md for the command):
+
+    python benchmarks/gpu/check_and_bench.py --phases check,latency-0.5b,latency-8b,...
+
+Phases:
+- ``kernels``: Triton kernels vs the torch reference in bf16 on random inputs.
+- ``parity``: engine (bf16, Triton, CUDA graphs) vs HF transformers bf16 on the same random
+  weights, Llama and Qwen2 shapes, greedy 32 tokens with top-5 logprobs (TESTING.md's rule).
+- a workload name from ``llmserve.bench.shapes.WORKLOADS``: ``llmserve bench`` in a fresh
+  process with HF transformers measured in the same process on the same card.
+
+Everything printed is also written under ``--out``; result JSON goes to ``--out/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+PEERS = {"latency": "hf-generate", "throughput": "hf-generate-batch", "startup": None}
+
+
+def log(out_dir: str, line: str) -> None:
+    print(line, flush=True)
+    with open(os.path.join(out_dir, "log.txt"), "a") as f:
+        f.write(line + "\n")
+
+
+def check_kernels(out_dir: str) -> dict:
+    import torch
+
+    from llmserve.attention.backend import AttentionMetadata
+    from llmserve.attention.torch_ref import TorchPagedAttention
+    from llmserve.layers.ops import TORCH_OPS
+    from llmserve_nvidia.platform import CudaPlatform
+
+    ops = CudaPlatform.layer_ops()
+    backends = {}
+    from llmserve_triton.backend import TritonPagedAttention
+
+    torch.manual_seed(0)
+    dev, dt = "cuda", torch.bfloat16
+    report = {}
+    x = torch.randn(37, 4096, device=dev, dtype=dt)
+    res = torch.randn_like(x)
+    w = torch.randn(4096, device=dev, dtype=dt)
+    a, ra = ops.rms_norm(x.clone(), w, 1e-5, res.clone())
+    b, rb = TORCH_OPS.rms_norm(x.clone(), w, 1e-5, res.clone())
+    report["rms_norm_max_err"] = (a.float() - b.float()).abs().max().item()
+    g = torch.randn(37, 2 * 14336, device=dev, dtype=dt)
+    report["silu_mul_max_err"] = (ops.silu_and_mul(g).float()
+                                  - TORCH_OPS.silu_and_mul(g).float()).abs().max().item()
+    from llmserve.layers.rotary import RotaryEmbedding
+
+    rope = RotaryEmbedding(128, 4096, 500000.0).to(dev)
+    pos = torch.randint(0, 4096, (37,), device=dev)
+    q = torch.randn(37, 32, 128, device=dev, dtype=dt)
+    k = torch.randn(37, 8, 128, device=dev, dtype=dt)
+    qa, ka = ops.rotary(pos, q.clone(), k.clone(), rope.cos_cache, rope.sin_cache)
+    qb, kb = TORCH_OPS.rotary(pos, q.clone(), k.clone(), rope.cos_cache, rope.sin_cache)
+    report["rotary_max_err"] = max((qa.float() - qb.float()).abs().max().item(),
+                                   (ka.float() - kb.float()).abs().max().item())
+
+    # Paged attention on a mixed batch: two prefill chunks with cached context, decodes.
+    heads, kv_heads, d, bs = 32, 8, 128, 16
+    q_lens = [37, 1, 1, 64, 1, 1]
+    ctx_lens = [100, 900, 17, 0, 3000, 5]
+    seq_lens = [c + q for c, q in zip(ctx_lens, q_lens)]
+    num_blocks = sum(-(-s // bs) for s in seq_lens) + 4
+    perm = torch.randperm(num_blocks, device=dev)
+    tables, slots, start = [], [], 0
+    for s in seq_lens:
+        nb = -(-s // bs)
+        tables.append(perm[start:start + nb])
+        start += nb
+    max_nb = max(len(t) for t in tables)
+    bt = torch.zeros(len(seq_lens), max_nb, dtype=torch.long, device=dev)
+    for i, t in enumerate(tables):
+        bt[i, :len(t)] = t
+    for i, (c, ql) in enumerate(zip(ctx_lens, q_lens)):
+        p = torch.arange(c, c + ql, device=dev)
+        slots.append(bt[i, p // bs] * bs + p % bs)
+    T = sum(q_lens)
+    cu = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), device=dev)
+    md_args = dict(num_tokens=T, num_seqs=len(q_lens), max_query_len=max(q_lens),
+                   max_seq_len=max(seq_lens), block_size=bs, query_start_loc=cu,
+                   query_lens=torch.tensor(q_lens, device=dev),
+                   seq_lens=torch.tensor(seq_lens, device=dev), block_tables=bt,
+                   slot_mapping=torch.cat(slots))
+    qq = torch.randn(T, heads, d, device=dev, dtype=dt)
+    kk = torch.randn(T, kv_heads, d, device=dev, dtype=dt)
+    vv = torch.randn(T, kv_heads, d, device=dev, dtype=dt)
+    cache = torch.randn(2, num_blocks, bs, kv_heads, d, device=dev, dtype=dt)
+    outs = {}
+    for name, cls in (("torch", TorchPagedAttention), ("triton", TritonPagedAttention)):
+        md = AttentionMetadata(**md_args)
+        cls.prepare(md)
+        c = cache.clone()
+        outs[name] = cls(heads, d, kv_heads, d ** -0.5).forward(qq, kk, vv, c, md).float()
+        backends[name] = c
+    report["attention_max_err"] = (outs["torch"] - outs["triton"]).abs().max().item()
+    report["cache_write_equal"] = bool(torch.equal(backends["torch"], backends["triton"]))
+    log(out_dir, "kernels " + json.dumps(report))
+    return report
+
+
+def parity(out_dir: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmserve import LLM, SamplingParams
+    from llmserve.testing import make_tiny_model, train_tokenizer
+
+    tok = train_tokenizer(512)
+    report = {}
+    for arch in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+        folder = tempfile.mkdtemp()
+        make_tiny_model(folder, arch, tokenizer=tok, hidden_size=1024, intermediate_size=2816,
+                        num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4,
+                        max_position_embeddings=4096, head_dim=64)
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(4, 512, (n,), generator=g).tolist()
+                   for n in (1, 7, 16, 33, 100, 250, 513, 1000)]
+        llm = LLM(folder, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.5)
+        params = SamplingParams(temperature=0, max_tokens=32, logprobs=5, ignore_eos=True)
+        ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
+        graphs = len(getattr(llm.llm_engine.core.runner, "graphs", {}))
+        del llm
+        torch.cuda.empty_cache()
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
+        matched, diverged_ok, bad, max_lp_err = 0, 0, 0, 0.0
+        with torch.no_grad():
+            for prompt, mine in zip(prompts, ours):
+                ids = torch.tensor([prompt], device="cuda")
+                past, tokens = None, []
+                for t in range(32):
+                    out = hf(ids, past_key_values=past, use_cache=True)
+                    past = out.past_key_values
+                    lp = torch.log_softmax(out.logits[0, -1].float(), -1)
+                    top = torch.topk(lp, 5)
+                    ref = int(top.indices[0])
+                    got = mine.token_ids[t]
+                    if got != ref:
+                        ours_top = [tid for tid, v in mine.logprobs[t].items()
+                                    if v.rank is not None and v.rank <= 5]
+                        if got in top.indices.tolist() and ref in ours_top:
+                            diverged_ok += 1
+                        else:
+                            bad += 1
+                        break
+                    max_lp_err = max(max_lp_err, abs(mine.logprobs[t][got].logprob
+                                                     - top.values[0].item()))
+                    ids = torch.tensor([[ref]], device="cuda")
+                else:
+                    matched += 1
+        report[arch] = dict(prompts=len(prompts), identical=matched,
+                            near_tie_divergence=diverged_ok, mismatches=bad,
+                            max_logprob_err=round(max_lp_err, 4), cuda_graphs=graphs)
+        del hf
+        torch.cuda.empty_cache()
+    log(out_dir, "parity " + json.dumps(report))
+    return report
+
+
+def bench(out_dir: str, workload: str, extra: list[str]) -> list[dict]:
+    from llmserve.bench.shapes import WORKLOADS
+
+    kind = WORKLOADS[workload].kind
+    cmd = [sys.executable, "-m", "llmserve.cli.main", "bench", kind, "--workload", workload,
+           "--results-dir", os.path.join(out_dir, "results")] + extra
+    if PEERS[kind] and "--peer" not in extra:
+        cmd += ["--peer", PEERS[kind]]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log(out_dir, f"$ {' '.join(cmd[1:])}  ({time.time() - t0:.0f} s, rc={proc.returncode})")
+    with open(os.path.join(out_dir, f"{workload}.stderr.txt"), "w") as f:
+        f.write(proc.stderr)
+    if proc.returncode != 0:
+        log(out_dir, proc.stderr[-3000:])
+        return []
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    for r in rows:
+        log(out_dir, json.dumps(r))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--phases", default="kernels,parity,latency-0.5b")
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    ap.add_argument("--extra", default="", help="extra flags for every bench run")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    table = []
+    for phase in args.phases.split(","):
+        try:
+            if phase == "kernels":
+                check_kernels(args.out)
+            elif phase == "parity":
+                parity(args.out)
+            else:
+                name, _, flags = phase.partition(":")
+                extra = args.extra.split() + flags.split("+")
+                for r in bench(args.out, name, [e for e in extra if e]):
+                    table.append(r)
+        except Exception:  # noqa: BLE001 - report and go on to the next phase
+            log(args.out, f"phase {phase} failed:\n{traceback.format_exc()}")
+    log(args.out, "\n| workload | engine | output tok/s | total tok/s | TPOT ms | startup s |")
+    log(args.out, "|---|---|---|---|---|---|")
+    for r in table:
+        log(args.out, f"| {r['workload']} | {r['engine']} | {r.get('output_tok_s', '')} | "
+                      f"{r.get('total_tok_s', '')} | {r.get('tpot_ms_median', '')} | "
+                      f"{r.get('startup_s', '')} |")
+
+
+if __name__ == "__main__":
+    main()
