@@ -75,9 +75,15 @@ class BenchCommand(CliCommand):
         core = llm.llm_engine.core
         prompts = random_prompts(num, in_len, llm.llm_engine.vocab_size)
         name = args.workload or f"{args.kind}-{shape or 'model'}"
-        results = [make_result(name, "llmserve", core.device.type,
-                               {**run_llmserve(llm, prompts, out_len, args.kind),
-                                "startup_s": round(core.startup_s, 3)})]
+
+        def report(result: dict) -> None:
+            print(json.dumps(result), flush=True)
+            if args.results_dir:
+                write_result(result, args.results_dir)
+
+        report(make_result(name, "llmserve", core.device.type,
+                           {**run_llmserve(llm, prompts, out_len, args.kind),
+                            "startup_s": round(core.startup_s, 3)}))
         if args.peer != "none":
             device = core.device.type
             dtype = core.resolved.torch_dtype
@@ -92,13 +98,9 @@ class BenchCommand(CliCommand):
                 figures = {**run_hf_generate(model, peer_prompts, out_len, args.kind, batch),
                            "hf_batch_size": batch}
             else:
-                model = build_hf_model(cfg, model_dir, dtype, device, "sdpa_paged")
+                model = build_hf_model(cfg, model_dir, dtype, device, "paged|sdpa")
                 figures = run_hf_generate_batch(model, peer_prompts, out_len)
-            results.append(make_result(name, args.peer, device, figures))
-        for r in results:
-            print(json.dumps(r))
-            if args.results_dir:
-                write_result(r, args.results_dir)
+            report(make_result(name, args.peer, device, figures))
         return 0
 
 
