@@ -170,6 +170,38 @@ def parity(out_dir: str) -> dict:
     return report
 
 
+def profile_decode(out_dir: str, shape: str = "llama-8b", steps: int = 64) -> dict:
+    """Where a batch-1 decode step's time goes: GPU kernel time by kernel, and how much of
+    the wall time the GPU is busy at all (the rest is host work and launch gaps)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmserve import LLM, SamplingParams
+    from llmserve.bench.shapes import shape_dir
+
+    llm = LLM(shape_dir(shape), load_format="dummy", skip_tokenizer_init=True,
+              max_model_len=1024)
+    prompt = [[16 + i for i in range(128)]]
+    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True, detokenize=False)
+    llm.generate(prompt, params, use_tqdm=False)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        llm.generate(prompt, params, use_tqdm=False)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    table = events.table(sort_by="self_cuda_time_total", row_limit=15)
+    with open(os.path.join(out_dir, f"profile-{shape}.txt"), "w") as f:
+        f.write(table)
+    report = {"shape": shape, "steps": steps, "wall_ms_per_step": round(wall / steps * 1e3, 3),
+              "gpu_busy_ms_per_step": round(gpu_us / 1e3 / steps, 3)}
+    log(out_dir, "profile " + json.dumps(report))
+    log(out_dir, table)
+    return report
+
+
 def bench(out_dir: str, workload: str, extra: list[str]) -> list[dict]:
     from llmserve.bench.shapes import WORKLOADS
 
@@ -206,6 +238,9 @@ def main() -> None:
                 check_kernels(args.out)
             elif phase == "parity":
                 parity(args.out)
+            elif phase.startswith("profile"):
+                _, _, shape = phase.partition(":")
+                profile_decode(args.out, shape or "llama-8b")
             else:
                 name, _, flags = phase.partition(":")
                 extra = args.extra.split() + flags.split("+")
