@@ -76,7 +76,8 @@ def run_hf_generate_batch(model, prompts: list[list[int]], output_len: int) -> d
     # Random weights rarely hit EOS; any request that does counts as failed in the figures.
     cfg = GenerationConfig(max_new_tokens=output_len, do_sample=False)
     device = str(model.device)
-    with torch.inference_mode():
+    # Not inference_mode: generate_batch updates its own static tensors in place later.
+    with torch.no_grad():
         model.generate_batch(inputs=prompts[:2], generation_config=cfg, progress_bar=False)
         _sync(device)
         t0 = time.perf_counter()
