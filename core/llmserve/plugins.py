@@ -44,7 +44,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Modules registered as the core's defaults, in this order, before any entry point. Each is
 #: registered under its module name and reported as version "builtin".
-DEFAULT_PLUGINS: tuple[str, ...] = ("llmserve.default_plugins",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("llmserve.default_plugins", "llmserve.http.plugin")
 
 logger = logging.getLogger(__name__)
 

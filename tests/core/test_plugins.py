@@ -190,9 +190,20 @@ DISCOVER = """\
 # --------------------------------------------------------------------------------------------
 
 
+#: The core's own plugins, always registered first.
+CORE_PLUGINS = ["llmserve.default_plugins", "llmserve.http.plugin"]
+#: Entry-point plugins of this test's packages (others, e.g. llmserve-nvidia, may be
+#: installed in the environment too; assertions look only at these and the core's).
+TEST_PLUGINS = {"toy", "broken", "misspelled", "badsig"}
+
+
+def ours(names: list[str]) -> list[str]:
+    return [n for n in names if n in CORE_PLUGINS or n in TEST_PLUGINS]
+
+
 def test_installed_plugin_is_discovered(plugin_env):
     out, _ = plugin_env.run_script(DISCOVER)
-    assert out["names"] == ["llmserve.default_plugins", "toy"]
+    assert ours(out["names"]) == CORE_PLUGINS + ["toy"]
     assert out["archs"] == {"ToyForCausalLM": "llmserve_testplugin_good.toy.ToyForCausalLM"}
     assert out["policies"] == ["toy-lifo"]
 
@@ -219,14 +230,15 @@ def test_misspelled_hook_skips_that_plugin(plugin_env):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("toy", ["llmserve.default_plugins", "toy"]),
-    (" toy , broken", ["llmserve.default_plugins", "toy"]),
-    ("", ["llmserve.default_plugins"]),
-    ("misspelled", ["llmserve.default_plugins"]),
+    ("toy", ["toy"]),
+    (" toy , broken", ["toy"]),
+    ("", []),
+    ("misspelled", []),
 ])
 def test_llmserve_plugins_limits_loading(plugin_env, value, expected):
     out, stderr = plugin_env.run_script(DISCOVER, plugins=value)
-    assert out["names"] == expected
+    # LLMSERVE_PLUGINS limits third-party plugins only: nothing else installed loads.
+    assert out["names"] == CORE_PLUGINS + expected
     # Plugins left out are not even imported, so they cannot warn.
     requested = {part.strip() for part in value.split(",") if part.strip()}
     assert set(out["skipped"]) == requested & {"broken", "misspelled", "badsig"}
@@ -236,7 +248,7 @@ def test_llmserve_plugins_limits_loading(plugin_env, value, expected):
 
 def test_llmserve_plugins_warns_about_unknown_names(plugin_env):
     out, stderr = plugin_env.run_script(DISCOVER, plugins="toy,nosuchplugin")
-    assert out["names"] == ["llmserve.default_plugins", "toy"]
+    assert out["names"] == CORE_PLUGINS + ["toy"]
     assert "nosuchplugin" in stderr and "not installed" in stderr
 
 
@@ -261,7 +273,7 @@ def test_plugins_command_json(plugin_env):
     proc = plugin_env.run(["-m", "llmserve.cli.main", "plugins", "--json"], plugins="toy")
     data = json.loads(proc.stdout)
     by_name = {p["name"]: p for p in data["plugins"]}
-    assert list(by_name) == ["llmserve.default_plugins", "toy"]
+    assert list(by_name) == CORE_PLUGINS + ["toy"]
     toy = by_name["toy"]
     assert toy["version"] == "0.3.1"
     assert toy["distribution"] == GOOD_DIST

@@ -4,10 +4,18 @@ Each user request owns one ``_ParentState`` and one ``_ChildState`` per completi
 fanned out into independent core requests). Children detokenize incrementally, collect
 logprobs and watch for stop strings; a stop string ends the child here, and the caller tells
 the core to stop it.
+
+A request asks for its outputs in one of two kinds (``RequestOutputKind``): ``FINAL_ONLY``
+(one ``RequestOutput`` when every completion has finished: ``LLM`` and non-streaming HTTP)
+or ``DELTA`` (after every step that changed it, a ``RequestOutput`` holding only what is new:
+the completions that advanced, their new text, token ids and logprobs; streaming). Both kinds
+end with the same text: the final delta flushes an incomplete trailing character exactly as
+the final output does.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -15,6 +23,13 @@ from llmserve.engine.request import EngineCoreOutput
 from llmserve.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import IncrementalDetokenizer, decode_token
+
+
+class RequestOutputKind(enum.Enum):
+    #: One output per request, when all its completions have finished.
+    FINAL_ONLY = 0
+    #: One output per step that changed the request, holding only what is new.
+    DELTA = 1
 
 
 @dataclass
@@ -27,6 +42,8 @@ class _ChildState:
     cumulative_logprob: Optional[float] = None
     finish_reason: Optional[str] = None
     stop_reason: object = None
+    #: DELTA: token ids (and logprob rows) already sent.
+    num_sent: int = 0
 
 
 @dataclass
@@ -38,6 +55,7 @@ class _ParentState:
     prompt_logprobs: Optional[PromptLogprobs] = None
     num_cached_tokens: int = 0
     num_unfinished: int = 0
+    output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
 
 
 def child_request_id(request_id: str, index: int, n: int) -> str:
@@ -55,8 +73,11 @@ class OutputProcessor:
         return len(self._parents)
 
     def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-                    child_params: list[SamplingParams]) -> list[str]:
+                    child_params: list[SamplingParams],
+                    output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY) -> list[str]:
         """Register a request and return the core request ids of its completions."""
+        if request_id in self._parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
         n = len(child_params)
         children = []
         for i, params in enumerate(child_params):
@@ -69,7 +90,7 @@ class OutputProcessor:
         parent = _ParentState(request_id, prompt, prompt_token_ids, children,
                               prompt_logprobs=([None] if child_params[0].prompt_logprobs
                                                is not None else None),
-                              num_unfinished=n)
+                              num_unfinished=n, output_kind=output_kind)
         self._parents[request_id] = parent
         ids = [child_request_id(request_id, i, n) for i in range(n)]
         for cid, child in zip(ids, children):
@@ -90,10 +111,13 @@ class OutputProcessor:
 
     def process(self, outputs: list[EngineCoreOutput]
                 ) -> tuple[list[RequestOutput], list[str]]:
-        """Apply one step's core outputs. Returns (finished request outputs, core ids stopped
-        by a stop string, which the core must be told to finish)."""
-        finished: list[RequestOutput] = []
+        """Apply one step's core outputs. Returns (request outputs: finished FINAL_ONLY
+        requests and changed DELTA requests, in order of first appearance; core ids stopped by
+        a stop string, which the core must be told to finish)."""
+        ready: list[RequestOutput] = []
         stopped: list[str] = []
+        #: DELTA parents touched this step -> their children that changed, in order.
+        deltas: dict[str, tuple[_ParentState, list[_ChildState]]] = {}
         for out in outputs:
             entry = self._children.get(out.request_id)
             if entry is None:
@@ -104,25 +128,42 @@ class OutputProcessor:
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
             new_ids = out.new_token_ids
             if new_ids:
-                self._add_tokens(child, new_ids, out.new_logprobs)
+                # An EOS or stop token that ended the request is kept in the ids but not in
+                # the text, unless include_stop_str_in_output (as in vLLM).
+                stop_terminated = (out.finish_reason == "stop"
+                                   and not child.params.include_stop_str_in_output)
+                self._add_tokens(child, new_ids, out.new_logprobs, stop_terminated)
                 if child.finish_reason is not None and not out.finished:
                     stopped.append(out.request_id)
                 elif out.finished:
                     child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
             elif out.finished and child.finish_reason is None:
                 child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
+            is_delta = parent.output_kind is RequestOutputKind.DELTA
+            if is_delta:
+                touched = deltas.get(parent.request_id)
+                if touched is None:
+                    deltas[parent.request_id] = (parent, [child])
+                elif touched[1][-1] is not child:
+                    touched[1].append(child)
             if child.finish_reason is not None:
+                if child.detok is not None and not is_delta:
+                    child.detok.get_delta(finished=True)  # flush a trailing partial character
                 del self._children[out.request_id]
                 parent.num_unfinished -= 1
                 if parent.num_unfinished == 0:
                     del self._parents[parent.request_id]
-                    finished.append(self._make_output(parent))
-        return finished, stopped
+                    if not is_delta:
+                        ready.append(self._make_output(parent))
+        for parent, children in deltas.values():
+            ready.append(self._make_delta(parent, children))
+        return ready, stopped
 
-    def _add_tokens(self, child: _ChildState, new_ids: list[int], logprobs) -> None:
+    def _add_tokens(self, child: _ChildState, new_ids: list[int], logprobs,
+                    stop_terminated: bool = False) -> None:
         """Append a step's tokens; a stop string in their text finishes the child."""
         if child.detok is not None:
-            stop = child.detok.update(new_ids)
+            stop = child.detok.update(new_ids, stop_terminated)
             if stop is not None:
                 child.finish_reason, child.stop_reason = "stop", stop
         child.token_ids.extend(new_ids)
@@ -161,4 +202,24 @@ class OutputProcessor:
         ]
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids,
                              parent.prompt_logprobs, outputs, finished=True,
+                             num_cached_tokens=parent.num_cached_tokens)
+
+    def _make_delta(self, parent: _ParentState, children: list[_ChildState]) -> RequestOutput:
+        outputs = []
+        for c in children:
+            sent, c.num_sent = c.num_sent, len(c.token_ids)
+            finished = c.finish_reason is not None
+            text = c.detok.get_delta(finished) if c.detok is not None else ""
+            outputs.append(CompletionOutput(
+                index=c.index,
+                text=text,
+                token_ids=c.token_ids[sent:],
+                cumulative_logprob=c.cumulative_logprob,
+                logprobs=c.logprobs[sent:] if c.logprobs is not None else None,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            ))
+        return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids,
+                             parent.prompt_logprobs, outputs,
+                             finished=parent.num_unfinished == 0,
                              num_cached_tokens=parent.num_cached_tokens)

@@ -1,0 +1,226 @@
+"""The engine core in its own process, and the messages it exchanges with the front end.
+
+``AsyncEngine`` starts ``python -m llmserve.engine.core_process`` as a child process and
+talks to it over two one-way ``multiprocessing.connection`` pipes whose file descriptors the
+child inherits, so the HTTP front end (tokenizing, detokenizing, streaming) and the model never
+fight over one GIL. (A fresh interpreter, like multiprocessing's ``spawn``, but without
+``spawn``'s re-import of the parent's ``__main__``: a script that starts an engine needs no
+``if __name__ == "__main__"`` guard.)
+
+Front end -> core (one pickled tuple per message):
+
+    ("init", EngineArgs as a dict, log level)
+                                          the first message; the core builds its own plugin
+                                          manager and resolves the arguments again
+    ("add", [EngineCoreRequest, ...])    all of one user request's completions; accepted whole
+                                          or rejected whole (answered in an "acks" message)
+    ("abort", [core request id, ...], RequestStatus)
+                                          FINISHED_ABORTED (client gone) frees the KV blocks;
+                                          FINISHED_STOPPED (the front end matched a stop string)
+    ("shutdown",)                         finish the loop and exit 0
+
+Core -> front end:
+
+    ("ready", info)                       after start-up; ``info`` is ``EngineInfo`` as a dict
+    ("startup_failed", message)           start-up raised; the process then exits 1
+    ("acks", [(first core id, None | (error kind, message)), ...])
+                                          one per "add", in order; kinds: "queue_full", "invalid"
+    ("outputs", [EngineCoreOutput, ...], stats, queue_times)
+                                          after every step; ``stats`` is ``EngineCore.stats()``
+                                          plus the free block count; ``queue_times`` maps core
+                                          ids first scheduled in that step to seconds waited
+    ("stats", stats)                      after input changed the state while idle (an abort)
+    ("dead", message)                     the loop raised; the process then exits 1
+
+The core exits when its input pipe closes, so a front end that dies takes its core with it.
+It ignores SIGINT and SIGTERM: a Ctrl-C or a service manager's SIGTERM to the whole process
+group must reach only the front end, which drains in-flight requests before sending
+"shutdown".
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineInfo:
+    """What the front end learns from a started core."""
+
+    pid: int
+    device: str
+    num_blocks: int
+    block_size: int
+    kv_capacity_tokens: int
+    startup_s: float
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m llmserve.engine.core_process INPUT_FD OUTPUT_FD``."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fd_in, fd_out = (int(a) for a in (argv if argv is not None else sys.argv[1:]))
+    input_conn = Connection(fd_in, readable=True, writable=False)
+    output_conn = Connection(fd_out, readable=False, writable=True)
+    try:
+        kind, engine_args, log_level = input_conn.recv()
+    except (EOFError, OSError):
+        raise SystemExit(1)
+    if kind != "init":
+        raise SystemExit(f"expected an init message, got {kind!r}")
+    run_engine_core(engine_args, input_conn, output_conn, log_level)
+
+
+def run_engine_core(engine_args: dict[str, Any], input_conn, output_conn,
+                    log_level: int = logging.WARNING) -> None:
+    """Build the core and serve the front end until "shutdown" or the input pipe closes."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [core]: %(message)s")
+    try:
+        core = _build_core(engine_args)
+    except BaseException as exc:  # noqa: BLE001 - anything at start-up is reported the same way
+        logger.debug("engine core start-up failed", exc_info=True)
+        _send_quietly(output_conn, ("startup_failed", f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1)
+    info = EngineInfo(pid=_getpid(), device=str(core.device), num_blocks=core.num_blocks,
+                      block_size=core.resolved.config.cache.block_size,
+                      kv_capacity_tokens=core.kv_capacity_tokens, startup_s=core.startup_s)
+    output_conn.send(("ready", asdict(info)))
+    try:
+        EngineCoreLoop(core, input_conn, output_conn).run()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the front end went away: nothing left to tell anyone
+    except BaseException as exc:  # noqa: BLE001
+        _send_quietly(output_conn, ("dead", f"{type(exc).__name__}: {exc}\n"
+                                            f"{traceback.format_exc()}"))
+        raise SystemExit(1)
+
+
+def _getpid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _build_core(engine_args: dict[str, Any]):
+    from llmserve.config import EngineArgs
+    from llmserve.engine.core import EngineCore
+    from llmserve.engine.setup import resolve_engine
+    from llmserve.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    resolved = resolve_engine(EngineArgs(**engine_args), pm)
+    return EngineCore(resolved, pm)
+
+
+def _send_quietly(conn, message) -> None:
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        pass
+
+
+class EngineCoreLoop:
+    """Drain input, step while there is work, send outputs; block on input when idle."""
+
+    def __init__(self, core, input_conn, output_conn) -> None:
+        self.core = core
+        self.input_conn = input_conn
+        self.output_conn = output_conn
+        #: Requests not yet scheduled: core id -> scheduler Request (for queue times).
+        self._unscheduled: dict[str, Any] = {}
+        self._running = True
+
+    def run(self) -> None:
+        from llmserve.engine.request import RequestStatus
+
+        core = self.core
+        conn = self.input_conn
+        send = self.output_conn.send
+        while self._running:
+            if not core.has_unfinished_requests():
+                conn.poll(None)  # idle: wait for input (EOF also wakes us)
+            acks: list = []
+            changed = False
+            while self._running and conn.poll(0):
+                changed |= self._handle(conn.recv(), acks, RequestStatus)
+            if acks:
+                send(("acks", acks))
+            if not self._running:
+                break
+            if core.has_unfinished_requests():
+                outputs = core.step()
+                send(("outputs", outputs, self._stats(), self._queue_times()))
+            elif changed:
+                send(("stats", self._stats()))
+
+    def _handle(self, message, acks: list, RequestStatus) -> bool:
+        """Apply one input message; returns whether the core's state changed."""
+        kind = message[0]
+        if kind == "add":
+            acks.append(self._add(message[1]))
+            return True
+        if kind == "abort":
+            ids, status = message[1], RequestStatus(message[2])
+            self.core.abort_requests(ids, status)
+            for rid in ids:
+                self._unscheduled.pop(rid, None)
+            return True
+        if kind == "shutdown":
+            self._running = False
+            return False
+        raise ValueError(f"unknown engine-core message {kind!r}")
+
+    def _add(self, requests: list) -> tuple:
+        from llmserve.scheduler.scheduler import QueueFullError
+
+        core = self.core
+        first = requests[0].request_id
+        added: list[str] = []
+        try:
+            for req in requests:
+                core.add_request(req)
+                added.append(req.request_id)
+        except (QueueFullError, ValueError) as exc:
+            if added:
+                core.abort_requests(added)
+            kind = "queue_full" if isinstance(exc, QueueFullError) else "invalid"
+            return (first, (kind, str(exc)))
+        scheduler_requests = core.scheduler.requests
+        for rid in added:
+            self._unscheduled[rid] = scheduler_requests[rid]
+        return (first, None)
+
+    def _queue_times(self) -> dict[str, float]:
+        """Seconds from arrival to first scheduling, for requests scheduled this step."""
+        if not self._unscheduled:
+            return {}
+        times = {}
+        for rid, req in self._unscheduled.items():
+            if req.first_scheduled_time is not None:
+                times[rid] = max(0.0, req.first_scheduled_time - req.arrival_time)
+        for rid in times:
+            del self._unscheduled[rid]
+        # A request finished before it was ever scheduled (aborted as too large): forget it.
+        if self._unscheduled and len(self._unscheduled) > len(self.core.scheduler.requests):
+            live = self.core.scheduler.requests
+            for rid in [r for r in self._unscheduled if r not in live]:
+                del self._unscheduled[rid]
+        return times
+
+    def _stats(self) -> dict:
+        stats = self.core.stats()
+        stats["num_free_blocks"] = self.core.kv_manager.num_free_blocks
+        return stats
+
+
+if __name__ == "__main__":
+    main()

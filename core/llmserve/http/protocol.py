@@ -1,0 +1,262 @@
+"""Request and response bodies of the HTTP API, following OpenAI's wire format.
+
+Requests are strict (``"16"`` is not an integer, ``1`` is not a boolean) and closed: a field
+OpenAI and vLLM do not define is rejected with a 400 naming it, instead of being silently
+ignored. OpenAI fields that do not apply to a text model are accepted only in their neutral
+form (``tools`` empty, ``response_format`` text). vLLM's extra sampling fields (``top_k``,
+``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``, ...) sit beside OpenAI's.
+Responses are built as plain dicts on the hot path; the models here document them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmserve.sampling_params import MAX_LOGPROBS
+
+TokenId = Annotated[int, Field(ge=0)]
+StopString = Annotated[str, Field(min_length=1)]
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]+$")]
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: Optional[bool] = Field(
+        False, description="send a last chunk (empty choices) with the request's usage")
+    continuous_usage_stats: Optional[bool] = Field(
+        False, description="vLLM extra: usage so far in every chunk")
+    include_obfuscation: Optional[bool] = Field(None, description="accepted and ignored")
+
+
+class _SamplingRequest(OpenAIBaseModel):
+    """Fields completions and chat completions share."""
+
+    model: Optional[str] = Field(None, description="a served model name; default: the first")
+    n: int = Field(1, ge=1, le=128, description="completions per prompt")
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[TokenIdKey, float]] = Field(
+        None, description="token id (as a string) -> bias, clamped to [-100, 100]")
+    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**64)
+    stop: Optional[Union[StopString, list[StopString]]] = None
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = Field(None, description="accepted and ignored")
+    # vLLM's extras.
+    top_k: Optional[int] = Field(None, ge=-1, description="0 or -1 disables top-k")
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: Optional[list[TokenId]] = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    priority: int = Field(0, description="lower runs first under --scheduling-policy priority")
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    allowed_token_ids: Optional[list[TokenId]] = Field(None, min_length=1)
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]] = Field(
+        description="text, a list of texts, token ids, or a list of token-id lists")
+    max_tokens: Optional[int] = Field(16, ge=1)
+    echo: Optional[bool] = Field(False, description="prepend the prompt to each completion")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: Optional[str] = Field(None, description="not supported: must be null")
+    best_of: Optional[int] = Field(None, ge=1, le=128, description="must equal n if given")
+    add_special_tokens: bool = True
+
+
+class ChatContentPart(OpenAIBaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message. Keys of assistant messages echoed back from a response (``refusal``,
+    ``annotations``, ...) are ignored rather than rejected."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[str, list[ChatContentPart]]] = None
+    name: Optional[str] = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1, description="deprecated by OpenAI")
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[dict[str, Any]]] = Field(None, max_length=0,
+                                                  description="not supported: must be empty")
+    tool_choice: Optional[Literal["none", "auto"]] = None
+    parallel_tool_calls: Optional[bool] = None
+    modalities: Optional[list[Literal["text"]]] = None
+    metadata: Optional[dict[str, str]] = None
+    store: Optional[bool] = None
+    service_tier: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    # vLLM's extras.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+class TokenizeCompletionRequest(OpenAIBaseModel):
+    model: Optional[str] = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class TokenizeChatRequest(OpenAIBaseModel):
+    model: Optional[str] = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+TokenizeRequest = Union[TokenizeCompletionRequest, TokenizeChatRequest]
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    model: Optional[str] = None
+    tokens: list[TokenId]
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
+
+
+class CompletionLogprobs(BaseModel):
+    text_offset: list[int]
+    token_logprobs: list[Optional[float]]
+    tokens: list[str]
+    top_logprobs: list[Optional[dict[str, float]]]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    stop_reason: Union[int, str, None] = Field(
+        None, description="vLLM extra: the stop string or token id that ended the choice")
+    prompt_logprobs: Optional[list[Optional[dict[str, Any]]]] = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class ChatLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: Optional[list[ChatLogprob]] = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: Optional[ChatChoiceLogprobs] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    stop_reason: Union[int, str, None] = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    prompt_logprobs: Optional[list[Optional[dict[str, Any]]]] = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "llmserve"
+    root: str
+    parent: Optional[str] = None
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

@@ -1,0 +1,164 @@
+"""POST /v1/chat/completions: the conversation through the chat template, then as a
+completion; streamed as ``chat.completion.chunk`` deltas or answered whole."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Optional
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from llmserve.engine.async_engine import EngineDeadError, RequestOutputKind
+from llmserve.http.errors import APIError, sse_error
+from llmserve.http.protocol import ChatCompletionRequest, ChatMessage
+from llmserve.http.serving_common import (
+    SSE_DONE,
+    ServingContext,
+    chat_logprobs,
+    merge_streams,
+    prompt_logprobs_json,
+    sse,
+    start_streams,
+    unless_disconnected,
+    usage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def render_messages(ctx: ServingContext, messages: list[ChatMessage], *,
+                    add_generation_prompt: bool, continue_final_message: bool,
+                    chat_template: Optional[str], template_kwargs: Optional[dict[str, Any]],
+                    ) -> list[int]:
+    """Token ids of the conversation under the chat template; any template failure is a 400
+    (it depends on what the client sent)."""
+    from llmserve.tokenizer import apply_chat_template
+
+    tok = ctx.require_tokenizer()
+    if continue_final_message and (add_generation_prompt or messages[-1].role != "assistant"):
+        raise APIError("continue_final_message needs add_generation_prompt=false and a last "
+                       "message from the assistant", 400, "continue_final_message")
+    conversation = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "\n".join(part.text for part in content)
+        entry: dict[str, Any] = {"role": m.role, "content": content or ""}
+        if m.name is not None:
+            entry["name"] = m.name
+        conversation.append(entry)
+    kwargs = dict(template_kwargs or {})
+    if continue_final_message:
+        kwargs["continue_final_message"] = True
+    try:
+        return apply_chat_template(tok, conversation, add_generation_prompt,
+                                   chat_template or ctx.chat_template, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - jinja, TypeError from bad kwargs, ValueError
+        raise APIError(f"the chat template could not be applied: {type(exc).__name__}: {exc}",
+                       400, "messages") from None
+
+
+async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
+                                 raw: Request):
+    arrival = time.monotonic()
+    model = ctx.model_name(req.model)
+    if req.stream_options is not None and not req.stream:
+        raise APIError("stream_options is only allowed when stream is true", 400,
+                       "stream_options")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError("top_logprobs needs logprobs=true", 400, "top_logprobs")
+    ids = render_messages(ctx, req.messages, add_generation_prompt=req.add_generation_prompt,
+                          continue_final_message=req.continue_final_message,
+                          chat_template=req.chat_template,
+                          template_kwargs=req.chat_template_kwargs)
+    ctx.check_prompt(ids, "messages")
+    if req.max_completion_tokens is not None:
+        max_tokens, param = req.max_completion_tokens, "max_completion_tokens"
+    else:
+        max_tokens, param = req.max_tokens, "max_tokens"
+    ctx.check_length(len(ids), max_tokens, param)
+    top_n = (req.top_logprobs or 0) if req.logprobs else None
+    params = ctx.sampling_params(req, max_tokens=max_tokens, logprobs=top_n,
+                                 prompt_logprobs=req.prompt_logprobs)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
+    streams = await start_streams(ctx.engine, [ids], params, request_id, req.priority,
+                                  arrival, kind)
+    if req.stream:
+        return StreamingResponse(_stream(ctx, req, model, request_id, ids, streams, top_n),
+                                 media_type="text/event-stream")
+
+    async def collect():
+        async for _, out in merge_streams(streams, ctx.engine):
+            final = out
+        return final
+
+    out = await unless_disconnected(raw, collect())
+    choices = []
+    num_completion = 0
+    for c in out.outputs:
+        num_completion += len(c.token_ids)
+        choices.append({
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": ({"content": chat_logprobs(c.token_ids, c.logprobs or [], top_n)}
+                         if top_n is not None else None),
+            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+        })
+    body = {"id": request_id, "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": choices,
+            "usage": usage(len(ids), num_completion, out.num_cached_tokens)}
+    if req.prompt_logprobs is not None:
+        body["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+    return JSONResponse(body)
+
+
+async def _stream(ctx, req: ChatCompletionRequest, model: str, request_id: str,
+                  prompt_ids: list[int], streams, top_n: Optional[int]):
+    created = int(time.time())
+    opts = req.stream_options
+    include_usage = bool(opts and opts.include_usage)
+    continuous = bool(opts and opts.continuous_usage_stats)
+    num_tokens = [0] * req.n
+    cached = 0
+
+    def chunk(choices: list, usage_now: Optional[dict] = None) -> str:
+        body = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": choices}
+        if usage_now is not None:
+            body["usage"] = usage_now
+        return sse(body)
+
+    def usage_now():
+        return usage(len(prompt_ids), sum(num_tokens), cached)
+
+    try:
+        for i in range(req.n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                          "logprobs": None, "finish_reason": None}],
+                        usage_now() if continuous else None)
+        async for _, out in merge_streams(streams, ctx.engine):
+            cached = out.num_cached_tokens
+            for c in out.outputs:
+                num_tokens[c.index] += len(c.token_ids)
+                logprobs = None
+                if top_n is not None and c.token_ids:
+                    logprobs = {"content": chat_logprobs(c.token_ids, c.logprobs or [], top_n)}
+                if not c.text and c.finish_reason is None and logprobs is None:
+                    continue
+                delta = {"content": c.text} if c.text else {}
+                yield chunk([{"index": c.index, "delta": delta, "logprobs": logprobs,
+                              "finish_reason": c.finish_reason,
+                              "stop_reason": c.stop_reason}],
+                            usage_now() if continuous else None)
+        if include_usage:
+            yield chunk([], usage_now())
+    except EngineDeadError as exc:
+        yield sse_error(str(exc), 503)
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-stream
+        logger.exception("chat stream %s failed", request_id)
+        yield sse_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+    yield SSE_DONE
