@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Union
 
 from llmserve.config import EngineArgs
 from llmserve.engine.llm_engine import LLMEngine
+from llmserve.logger import configure_default_logging
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import apply_chat_template
@@ -23,6 +24,7 @@ class LLM:
     """
 
     def __init__(self, model: Optional[str] = None, **kwargs: Any) -> None:
+        configure_default_logging()
         self.llm_engine = LLMEngine(EngineArgs(model=model, **kwargs))
         self._counter = itertools.count()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -30,9 +29,10 @@ def build_parser(pm) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmserve`` console script; returns the exit status."""
+    from llmserve.logger import configure_default_logging
     from llmserve.plugins import get_plugin_manager
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_default_logging()
     pm = get_plugin_manager()
     parser = build_parser(pm)
     args = parser.parse_args(argv)
