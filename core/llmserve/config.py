@@ -53,6 +53,9 @@ class SchedulerConfig(_Frozen):
     policy: str = "fcfs"
     #: Bound on waiting requests; None means unbounded (the server sets one).
     max_waiting_requests: Optional[int] = Field(None, ge=1)
+    #: Schedule step N+1 while step N runs on the device (its sampled tokens feed N+1 on the
+    #: device); outputs reach the caller one step later.
+    async_scheduling: bool = False
 
     @model_validator(mode="after")
     def _budget_fits(self) -> "SchedulerConfig":
@@ -99,6 +102,7 @@ class EngineArgs(BaseModel):
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
     max_waiting_requests: Optional[int] = Field(None, ge=1)
+    async_scheduling: bool = False
     seed: int = 0
     device: str = "auto"
     #: "auto" reads the checkpoint; "dummy" fills random weights on the device (benchmarks).

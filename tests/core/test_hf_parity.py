@@ -87,6 +87,8 @@ SCENARIOS = {
     "chunked_prefill": dict(max_num_batched_tokens=24),
     "preemption": dict(num_gpu_blocks_override=14),
     "no_prefix_caching": dict(enable_prefix_caching=False, max_num_seqs=3),
+    "async_scheduling": dict(async_scheduling=True, max_num_batched_tokens=40),
+    "async_preemption": dict(async_scheduling=True, num_gpu_blocks_override=14),
 }
 
 
@@ -101,7 +103,7 @@ def test_greedy_matches_hf(arch, scenario, tiny_models, references):
         assert out.finished and out.outputs[0].finish_reason == "length"
         assert_matches(out.outputs[0], refs[arch][i], f"{arch}/{scenario}/prompt{i}")
     sched = llm.llm_engine.core.scheduler
-    if scenario == "preemption":
+    if scenario in ("preemption", "async_preemption"):
         assert sched.num_preemptions > 0, "the tiny cache should have forced preemption"
     if scenario == "plain":
         # The two prompts sharing a 40-token prefix: the later one hits two cached blocks.

@@ -82,6 +82,9 @@ class EngineCore:
                              f"{cfg.scheduler.policy!r}")
         self.kv_manager = KVCacheManager(num_blocks, block_size, cfg.cache.enable_prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
+        self.async_scheduling = cfg.scheduler.async_scheduling
+        #: The launched step whose outputs are not read yet (asynchronous scheduling).
+        self._in_flight = None
         self.startup_s = time.monotonic() - t0
         pm.hook.llmserve_engine_started(config=cfg)
 
@@ -97,12 +100,27 @@ class EngineCore:
         self.scheduler.finish_requests(list(request_ids), status)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
+        """Schedule and run one step; returns the outputs that became known.
+
+        With ``async_scheduling`` the step is launched before the previous step's tokens are
+        read back, so the device never waits for the host's bookkeeping; the outputs returned
+        are then the previous step's.
+        """
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.runner.execute_model(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        pending = self.runner.execute_model_async(scheduler_output)
+        outputs: list[EngineCoreOutput] = []
+        if self._in_flight is not None:
+            previous_output, previous = self._in_flight
+            self._in_flight = None
+            outputs = self.scheduler.update_from_output(previous_output, previous.result())
+        if self.async_scheduling and not scheduler_output.is_empty:
+            self._in_flight = (scheduler_output, pending)
+        else:
+            outputs += self.scheduler.update_from_output(scheduler_output, pending.result())
+        return outputs
 
     def stats(self) -> dict:
         return self.scheduler.make_stats()

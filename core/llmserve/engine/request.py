@@ -62,6 +62,7 @@ class Request:
         "priority", "cache_salt", "status", "all_token_ids", "num_prompt_tokens",
         "num_computed_tokens", "num_cached_tokens", "block_hashes", "stop_token_ids",
         "max_tokens", "stop_reason", "num_preemptions", "first_scheduled_time", "extra",
+        "num_output_placeholders",
     )
 
     def __init__(self, req: EngineCoreRequest, max_model_len: int) -> None:
@@ -76,6 +77,9 @@ class Request:
         self.all_token_ids: list[int] = list(req.prompt_token_ids)
         self.num_prompt_tokens = len(req.prompt_token_ids)
         self.num_computed_tokens = 0
+        #: Tokens sampled by launched steps whose values have not come back yet (asynchronous
+        #: scheduling schedules the next step before they do).
+        self.num_output_placeholders = 0
         self.num_cached_tokens = 0
         #: Prefix-cache hashes of this request's full blocks, filled lazily by the KV manager.
         self.block_hashes: list[Any] = []

@@ -113,7 +113,8 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   max_model_len=max_model_len,
                                   enable_chunked_prefill=args.enable_chunked_prefill,
                                   policy=args.scheduling_policy,
-                                  max_waiting_requests=args.max_waiting_requests),
+                                  max_waiting_requests=args.max_waiting_requests,
+                                  async_scheduling=args.async_scheduling),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,

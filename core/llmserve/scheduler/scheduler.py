@@ -54,6 +54,7 @@ class Scheduler:
         self.max_model_len = scheduler_config.max_model_len
         self.enable_chunked_prefill = scheduler_config.enable_chunked_prefill
         self.max_waiting_requests = scheduler_config.max_waiting_requests
+        self.async_scheduling = scheduler_config.async_scheduling
         #: Unfinished requests by id (waiting, preempted or running).
         self.requests: dict[str, Request] = {}
         #: Running requests in scheduling order.
@@ -128,10 +129,13 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
-            num_new = request.num_tokens - request.num_computed_tokens
+            placeholders = request.num_output_placeholders
+            num_new = request.num_tokens + placeholders - request.num_computed_tokens
             if num_new > budget:
                 num_new = budget
-            if num_new <= 0:
+            if num_new <= 0 or (placeholders and request.num_output_tokens + placeholders
+                                >= request.max_tokens):
+                # Nothing to compute, or the tokens in flight already end the request.
                 i += 1
                 continue
             new_ids = kv.allocate_slots(request, num_new)
@@ -158,6 +162,9 @@ class Scheduler:
             scheduled_running[request.request_id] = (new_ids, request.num_computed_tokens)
             num_scheduled[request.request_id] = num_new
             request.num_computed_tokens += num_new
+            if self.async_scheduling and (request.num_computed_tokens
+                                          == request.num_tokens + placeholders):
+                request.num_output_placeholders += 1  # this step samples a token
             budget -= num_new
             i += 1
 
@@ -220,6 +227,8 @@ class Scheduler:
             ))
             num_scheduled[rid] = num_new
             request.num_computed_tokens = num_hit + num_new
+            if self.async_scheduling and request.num_computed_tokens == request.num_tokens:
+                request.num_output_placeholders += 1  # this step samples a token
             budget -= num_new
         return budget
 
@@ -251,6 +260,8 @@ class Scheduler:
                         req_id, [], None, plp, None, None, request.num_cached_tokens))
                 continue
             lp = logprobs[idx] if logprobs else None
+            if request.num_output_placeholders:
+                request.num_output_placeholders -= len(new_ids)
             num_kept = self._append_and_check_stop(request, new_ids)
             if num_kept < len(new_ids):
                 new_ids = new_ids[:num_kept]
@@ -354,6 +365,9 @@ class Scheduler:
         self.kv_cache_manager.free(request)  # reads num_computed_tokens: reset after
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        # A token still in flight is dropped on arrival (the request is no longer running)
+        # and sampled again after the recompute.
+        request.num_output_placeholders = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.policy.prepend(request)

@@ -18,6 +18,10 @@ from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import NewRequestData
 
 
+#: Token id standing for a sampled token that has not reached the host yet.
+PLACEHOLDER = -1
+
+
 class InputBatch:
     def __init__(self, max_num_reqs: int, max_model_len: int, block_size: int) -> None:
         self.max_model_len = max_model_len
@@ -87,12 +91,18 @@ class InputBatch:
         self.wants_prompt_logprobs[row] = False
         self._free_rows.append(row)
 
-    def append_tokens(self, rows: np.ndarray, tokens: np.ndarray) -> None:
-        """Append one sampled token to each of ``rows`` (vectorised)."""
+    def reserve_tokens(self, rows: np.ndarray) -> np.ndarray:
+        """Append a placeholder to each of ``rows`` for the token sampled this step; returns
+        the positions, for ``fill_tokens`` once the tokens reach the host."""
         n = self.num_tokens[rows]
         room = n < self.max_model_len
-        self.token_ids[rows[room], n[room]] = tokens[room]
+        self.token_ids[rows[room], n[room]] = PLACEHOLDER
         self.num_tokens[rows] = n + 1
+        return n
+
+    def fill_tokens(self, rows: np.ndarray, positions: np.ndarray, tokens: np.ndarray) -> None:
+        room = positions < self.max_model_len
+        self.token_ids[rows[room], positions[room]] = tokens[room]
 
     def sampling_arrays(self, rows: np.ndarray) -> SamplingArrays:
         return SamplingArrays(**{name: values[rows] for name, values in self.sampling.items()})

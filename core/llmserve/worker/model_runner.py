@@ -18,7 +18,12 @@ from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
-from llmserve.worker.input_batch import InputBatch
+from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
+                                      FEATURE_PROCESSORS)
+from llmserve.worker.input_batch import PLACEHOLDER, InputBatch
+
+#: Sampling features that read a request's output tokens on the host.
+OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
 
 
 @dataclass
@@ -33,6 +38,10 @@ class StepBatch:
     positions: np.ndarray  # [num_tokens]
     slots: np.ndarray  # [num_tokens] flat cache slot of each token
     seq_lens: np.ndarray  # [num_seqs] computed + num_sched
+    #: Flat positions whose input token the previous step sampled and the host does not have
+    #: yet, and where each sits in that step's sampled tokens (asynchronous scheduling).
+    pending_flat: Optional[np.ndarray] = None
+    pending_src: Optional[np.ndarray] = None
 
     @property
     def num_tokens(self) -> int:
@@ -58,6 +67,8 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.batch = InputBatch(max_num_seqs, max_model_len, block_size)
+        #: The last launched step, whose sampled tokens may still be on their way to the host.
+        self._previous: Optional[PendingOutput] = None
         # Built-ins first, then the classes plugins contribute through the hook.
         self.sampler = Sampler(make_logits_processors(logits_processor_classes))
         self.kv_caches: list[torch.Tensor] = []
@@ -151,13 +162,18 @@ class ModelRunner:
         positions = computed[seq_of_token] + (np.arange(total) - starts[seq_of_token])
         token_rows = rows[seq_of_token]
         bs = self.block_size
-        return StepBatch(
+        step = StepBatch(
             rows=rows, num_sched=num_sched, computed=computed, cu=cu,
             input_ids=batch.token_ids[token_rows, positions],
             positions=positions,
             slots=batch.block_table[token_rows, positions // bs] * bs + positions % bs,
             seq_lens=computed + num_sched,
         )
+        flat = np.nonzero(step.input_ids == PLACEHOLDER)[0]
+        if len(flat):
+            step.pending_flat = flat
+            step.pending_src = self._previous.source_index(token_rows[flat])
+        return step
 
     def _attention_metadata(self, step: StepBatch) -> AttentionMetadata:
         dev, bs = self.device, self.block_size
@@ -183,15 +199,24 @@ class ModelRunner:
         Platform runners override this (e.g. to replay a captured graph for decode batches).
         """
         md = self._attention_metadata(step)
-        return self.model(torch.from_numpy(step.input_ids).to(self.device),
-                          torch.from_numpy(step.positions).to(self.device),
+        input_ids = torch.from_numpy(step.input_ids).to(self.device)
+        self._fill_pending_inputs(input_ids, step)
+        return self.model(input_ids, torch.from_numpy(step.positions).to(self.device),
                           ForwardContext(md, self.kv_caches))
 
-    @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        return self.execute_model_async(so).result()
+
+    @torch.inference_mode()
+    def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput":
+        """Launch the step and return before its sampled tokens reach the host.
+
+        The sampled tokens are copied back without blocking; the next step may already be
+        launched (its inputs take those tokens on the device) before ``result()`` is read.
+        """
         req_ids = self._update_batch(so)
         if not req_ids:
-            return ModelRunnerOutput([], [], [])
+            return PendingOutput.done(ModelRunnerOutput([], [], []))
         batch = self.batch
         dev = self.device
         step = self._step_batch(so, req_ids)
@@ -200,12 +225,15 @@ class ModelRunner:
 
         # Requests whose computed tokens reach everything known sample a token this step.
         batch.num_computed[rows] = seq_lens
-        samples = seq_lens >= batch.num_tokens[rows]
-        sample_idx = np.nonzero(samples)[0]
-        sampled_lists: list[list[int]] = [[] for _ in req_ids]
-        logprob_rows: list[Optional[LogprobsLists]] = [None] * len(req_ids)
+        sample_idx = np.nonzero(seq_lens >= batch.num_tokens[rows])[0]
+        pending = PendingOutput(self, req_ids, sample_idx, rows[sample_idx])
         if len(sample_idx):
-            sample_rows = rows[sample_idx]
+            sample_rows = pending.sample_rows
+            arrays = batch.sampling_arrays(sample_rows)
+            if np.any(arrays.features & OUTPUT_READING_FEATURES):
+                # Penalties, min_tokens and logits processors read the output tokens: the
+                # previous step's must be on the host first.
+                self._resolve_previous()
             logits = self.model.compute_logits(hidden[torch.from_numpy(cu[sample_idx] - 1).to(dev)])
             gens = batch.generators
             md_s = SamplingMetadata.build(
@@ -217,25 +245,33 @@ class ModelRunner:
                             else [None] * len(sample_idx)),
                 vocab_size=self.vocab_size,
                 device=dev,
-                arrays=batch.sampling_arrays(sample_rows),
+                arrays=arrays,
             )
             out = self.sampler.forward(logits, md_s)
-            tokens = out.sampled_token_ids.cpu().numpy()
-            batch.append_tokens(sample_rows, tokens)
-            for i, tok in zip(sample_idx.tolist(), tokens.tolist()):
-                sampled_lists[i] = [tok]
-            if out.logprobs is not None:
-                self._split_logprobs(out.logprobs.tolists(), sample_idx, sample_rows,
-                                     logprob_rows)
-        prompt_lp = self._prompt_logprobs(req_ids, rows, cu - step.num_sched, step.computed,
-                                          step.num_sched, hidden)
-        return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, prompt_lp)
+            pending.launch_copy(out, batch.reserve_tokens(sample_rows),
+                                [batch.params[r].logprobs for r in sample_rows]
+                                if out.logprobs is not None else None)
+        pending.prompt_logprobs = self._prompt_logprobs(
+            req_ids, rows, cu - step.num_sched, step.computed, step.num_sched, hidden)
+        self._previous = pending
+        return pending
 
-    def _split_logprobs(self, lp: LogprobsLists, sample_idx, sample_rows,
+    def _resolve_previous(self) -> None:
+        if self._previous is not None:
+            self._previous.result()
+
+    def _fill_pending_inputs(self, input_ids: torch.Tensor, step: StepBatch) -> None:
+        """Write the previous step's sampled tokens, still on the device, into this step's
+        input ids where the host has only a placeholder."""
+        if step.pending_flat is not None:
+            input_ids[torch.from_numpy(step.pending_flat).to(self.device)] = \
+                self._previous.sampled[torch.from_numpy(step.pending_src).to(self.device)]
+
+    @staticmethod
+    def _split_logprobs(lp: LogprobsLists, sample_idx, num_logprobs: list[Optional[int]],
                         out: list[Optional[LogprobsLists]]) -> None:
         """Row j of the batch's logprobs, trimmed to what its request asked for."""
-        for j, (i, row) in enumerate(zip(sample_idx.tolist(), sample_rows.tolist())):
-            k = self.batch.params[row].logprobs
+        for j, (i, k) in enumerate(zip(sample_idx.tolist(), num_logprobs)):
             if k is not None:
                 out[i] = LogprobsLists([lp.token_ids[j][:k + 1]], [lp.logprobs[j][:k + 1]],
                                        [lp.ranks[j]])
@@ -259,3 +295,83 @@ class ModelRunner:
             lp = compute_prompt_logprobs(logits, targets, params.prompt_logprobs).tolists()
             result[req_ids[i]] = lp
         return result
+
+
+class PendingOutput:
+    """A launched step's output: sampled tokens travel to the host while the caller goes on.
+
+    ``result()`` waits for them (once), writes them into the runner's rows in place of the
+    placeholders, and returns the ``ModelRunnerOutput``.
+    """
+
+    def __init__(self, runner: ModelRunner, req_ids: list[str], sample_idx: np.ndarray,
+                 sample_rows: np.ndarray) -> None:
+        self.runner = runner
+        self.req_ids = req_ids
+        self.sample_idx = sample_idx
+        self.sample_rows = sample_rows
+        self.prompt_logprobs: dict[str, LogprobsLists] = {}
+        self.sampled: Optional[torch.Tensor] = None
+        self._positions: Optional[np.ndarray] = None
+        self._host: Optional[torch.Tensor] = None
+        self._event = None
+        self._logprobs = None
+        self._result: Optional[ModelRunnerOutput] = None
+        self._row_index: Optional[dict[int, int]] = None
+
+    @classmethod
+    def done(cls, output: ModelRunnerOutput) -> "PendingOutput":
+        pending = cls.__new__(cls)
+        pending._result = output
+        return pending
+
+    def launch_copy(self, out, positions: np.ndarray,
+                    num_logprobs: Optional[list[Optional[int]]]) -> None:
+        """Start the device-to-host copy of ``out``'s tokens (placeholders at ``positions``).
+        ``num_logprobs``: each row's ``logprobs`` setting, read now (rows may be reused
+        before ``result()``)."""
+        self.sampled = out.sampled_token_ids
+        self._positions = positions
+        self._logprobs = out.logprobs
+        self._num_logprobs = num_logprobs
+        if self.sampled.is_cuda:
+            self._host = torch.empty(self.sampled.shape, dtype=self.sampled.dtype,
+                                     pin_memory=True)
+            self._host.copy_(self.sampled, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = self.sampled
+
+    def source_index(self, rows: np.ndarray) -> np.ndarray:
+        """Where each of ``rows`` sits in this step's sampled tokens."""
+        if self._row_index is None:
+            self._row_index = {int(r): j for j, r in enumerate(self.sample_rows)}
+        return np.fromiter((self._row_index[int(r)] for r in rows), dtype=np.int64,
+                           count=len(rows))
+
+    def result(self) -> ModelRunnerOutput:
+        if self._result is None:
+            self._result = self._finish()
+        return self._result
+
+    def _finish(self) -> ModelRunnerOutput:
+        runner, req_ids = self.runner, self.req_ids
+        sampled_lists: list[list[int]] = [[] for _ in req_ids]
+        logprob_rows: list[Optional[LogprobsLists]] = [None] * len(req_ids)
+        if self.sampled is not None:
+            if self._event is not None:
+                self._event.synchronize()
+            tokens = self._host.numpy()
+            batch = runner.batch
+            # A row may have been freed (finished, preempted) and reused since the launch.
+            owned = np.fromiter((batch.row_of.get(req_ids[i]) == r for i, r in
+                                 zip(self.sample_idx.tolist(), self.sample_rows.tolist())),
+                                dtype=bool, count=len(self.sample_idx))
+            batch.fill_tokens(self.sample_rows[owned], self._positions[owned], tokens[owned])
+            for i, tok in zip(self.sample_idx.tolist(), tokens.tolist()):
+                sampled_lists[i] = [tok]
+            if self._logprobs is not None:
+                runner._split_logprobs(self._logprobs.tolists(), self.sample_idx,
+                                       self._num_logprobs, logprob_rows)
+        return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, self.prompt_logprobs)

@@ -127,6 +127,7 @@ class CudaGraphModelRunner(ModelRunner):
         if size > n:
             self._reset_padding(n, size)
         self.static[:, :size].copy_(host[:, :size], non_blocking=True)
+        self._fill_pending_inputs(self.static[0, :size], step)
         nb = int(-(-int(step.seq_lens.max()) // self.block_size))
         tables = torch.from_numpy(np.ascontiguousarray(self.batch.block_table[step.rows, :nb]))
         self.block_tables[:n, :nb].copy_(tables, non_blocking=True)
