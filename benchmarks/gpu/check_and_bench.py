@@ -112,7 +112,7 @@ def check_kernels(out_dir: str) -> dict:
     return report
 
 
-def parity(out_dir: str) -> dict:
+def parity(out_dir: str, **engine_kwargs) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -129,7 +129,8 @@ def parity(out_dir: str) -> dict:
         g = torch.Generator().manual_seed(0)
         prompts = [torch.randint(4, 512, (n,), generator=g).tolist()
                    for n in (1, 7, 16, 33, 100, 250, 513, 1000)]
-        llm = LLM(folder, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.5)
+        llm = LLM(folder, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.5,
+                  **engine_kwargs)
         params = SamplingParams(temperature=0, max_tokens=32, logprobs=5, ignore_eos=True)
         ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
         graphs = len(getattr(llm.llm_engine.core.runner, "graphs", {}))
@@ -166,7 +167,7 @@ def parity(out_dir: str) -> dict:
                             max_logprob_err=round(max_lp_err, 4), cuda_graphs=graphs)
         del hf
         torch.cuda.empty_cache()
-    log(out_dir, "parity " + json.dumps(report))
+    log(out_dir, f"parity {json.dumps(engine_kwargs)} " + json.dumps(report))
     return report
 
 
@@ -238,6 +239,8 @@ def main() -> None:
                 check_kernels(args.out)
             elif phase == "parity":
                 parity(args.out)
+            elif phase == "parity-async":
+                parity(args.out, async_scheduling=True)
             elif phase.startswith("profile"):
                 _, _, shape = phase.partition(":")
                 profile_decode(args.out, shape or "llama-8b")

@@ -82,12 +82,18 @@ class CudaGraphModelRunner(ModelRunner):
         max_blocks = self.batch.block_table.shape[1]
         # Rows: input ids, positions, slots, seq lens (one host->device copy per step).
         self.static = torch.zeros(4, max_size, dtype=torch.long, device=dev)
-        self.static_host = torch.zeros(4, max_size, dtype=torch.long, pin_memory=True)
+        # Two pinned staging buffers used in turn: with asynchronous scheduling the host fills
+        # step N+1's while step N's copy may still be queued on the device.
+        self.staging = [torch.zeros(4, max_size, dtype=torch.long, pin_memory=True)
+                        for _ in range(2)]
+        self.static_host = self.staging[0]
         self.query_start_loc = torch.arange(max_size + 1, dtype=torch.long, device=dev)
         self.query_lens = torch.ones(max_size, dtype=torch.long, device=dev)
         self.block_tables = torch.full((max_size, max_blocks), self.scratch_block,
                                        dtype=torch.long, device=dev)
-        self._reset_padding(0, max_size)
+        for buf in self.staging:
+            self.static_host = buf
+            self._reset_padding(0, max_size)
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
             md = self._static_metadata(size)
@@ -119,6 +125,8 @@ class CudaGraphModelRunner(ModelRunner):
         if not self.graphs or not step.is_decode_only or n > self.sizes[-1]:
             return super().run_model(step)
         size = self.sizes[bisect.bisect_left(self.sizes, n)]
+        self.static_host = self.staging[1] if self.static_host is self.staging[0] \
+            else self.staging[0]
         host = self.static_host
         host[0, :n] = torch.from_numpy(step.input_ids)
         host[1, :n] = torch.from_numpy(step.positions)
