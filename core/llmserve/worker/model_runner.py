@@ -176,7 +176,7 @@ class ModelRunner:
         return step
 
     def _attention_metadata(self, step: StepBatch) -> AttentionMetadata:
-        dev, bs = self.device, self.block_size
+        bs = self.block_size
         max_blocks = int(-(-step.seq_lens.max() // bs))
         md = AttentionMetadata(
             num_tokens=step.num_tokens,
@@ -184,11 +184,11 @@ class ModelRunner:
             max_query_len=int(step.num_sched.max()),
             max_seq_len=int(step.seq_lens.max()),
             block_size=bs,
-            query_start_loc=torch.from_numpy(np.concatenate(([0], step.cu))).to(dev),
-            query_lens=torch.from_numpy(step.num_sched).to(dev),
-            seq_lens=torch.from_numpy(step.seq_lens).to(dev),
-            block_tables=torch.from_numpy(self.batch.block_table[step.rows, :max_blocks]).to(dev),
-            slot_mapping=torch.from_numpy(step.slots).to(dev),
+            query_start_loc=self.upload(np.concatenate(([0], step.cu))),
+            query_lens=self.upload(step.num_sched),
+            seq_lens=self.upload(step.seq_lens),
+            block_tables=self.upload(self.batch.block_table[step.rows, :max_blocks]),
+            slot_mapping=self.upload(step.slots),
         )
         self.attn_backend.prepare(md)
         return md
@@ -199,9 +199,9 @@ class ModelRunner:
         Platform runners override this (e.g. to replay a captured graph for decode batches).
         """
         md = self._attention_metadata(step)
-        input_ids = torch.from_numpy(step.input_ids).to(self.device)
+        input_ids = self.upload(step.input_ids)
         self._fill_pending_inputs(input_ids, step)
-        return self.model(input_ids, torch.from_numpy(step.positions).to(self.device),
+        return self.model(input_ids, self.upload(step.positions),
                           ForwardContext(md, self.kv_caches))
 
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
@@ -234,7 +234,7 @@ class ModelRunner:
                 # Penalties, min_tokens and logits processors read the output tokens: the
                 # previous step's must be on the host first.
                 self._resolve_previous()
-            logits = self.model.compute_logits(hidden[torch.from_numpy(cu[sample_idx] - 1).to(dev)])
+            logits = self.model.compute_logits(hidden[self.upload(cu[sample_idx] - 1)])
             gens = batch.generators
             md_s = SamplingMetadata.build(
                 params=[batch.params[r] for r in sample_rows],
@@ -256,6 +256,14 @@ class ModelRunner:
         self._previous = pending
         return pending
 
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device without blocking the host: staged through pinned
+        memory, so queueing the copy does not wait for the device work queued before it."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _resolve_previous(self) -> None:
         if self._previous is not None:
             self._previous.result()
@@ -264,8 +272,8 @@ class ModelRunner:
         """Write the previous step's sampled tokens, still on the device, into this step's
         input ids where the host has only a placeholder."""
         if step.pending_flat is not None:
-            input_ids[torch.from_numpy(step.pending_flat).to(self.device)] = \
-                self._previous.sampled[torch.from_numpy(step.pending_src).to(self.device)]
+            input_ids[self.upload(step.pending_flat)] = \
+                self._previous.sampled[self.upload(step.pending_src)]
 
     @staticmethod
     def _split_logprobs(lp: LogprobsLists, sample_idx, num_logprobs: list[Optional[int]],

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 
-import numpy as np
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
@@ -137,8 +136,8 @@ class CudaGraphModelRunner(ModelRunner):
         self.static[:, :size].copy_(host[:, :size], non_blocking=True)
         self._fill_pending_inputs(self.static[0, :size], step)
         nb = int(-(-int(step.seq_lens.max()) // self.block_size))
-        tables = torch.from_numpy(np.ascontiguousarray(self.batch.block_table[step.rows, :nb]))
-        self.block_tables[:n, :nb].copy_(tables, non_blocking=True)
+        self.block_tables[:n, :nb].copy_(self.upload(self.batch.block_table[step.rows, :nb]),
+                                         non_blocking=True)
         if size > n:
             self.block_tables[n:size, 0] = self.scratch_block
         graph, out = self.graphs[size]
