@@ -44,6 +44,12 @@ class CudaGraphModelRunner(ModelRunner):
         self.sizes: list[int] = []
         self.capture_s = 0.0
 
+    def profile_run(self, num_tokens: int, num_seqs: int) -> None:
+        # The KV budget is read off the peak; start it from this engine's weights, not from
+        # whatever an earlier engine in this process once allocated.
+        torch.cuda.reset_peak_memory_stats()
+        super().profile_run(num_tokens, num_seqs)
+
     def initialize_kv_cache(self, num_blocks: int) -> None:
         # One block more than the scheduler knows of: padded graph rows write there.
         super().initialize_kv_cache(num_blocks + 1)
