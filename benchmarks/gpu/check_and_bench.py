@@ -17,6 +17,7 @@ Everything printed is also written under ``--out``; result JSON goes to ``--out/
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -135,6 +136,7 @@ def parity(out_dir: str, **engine_kwargs) -> dict:
         ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
         graphs = len(getattr(llm.llm_engine.core.runner, "graphs", {}))
         del llm
+        gc.collect()
         torch.cuda.empty_cache()
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
         matched, diverged_ok, bad, max_lp_err = 0, 0, 0, 0.0

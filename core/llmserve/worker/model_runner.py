@@ -361,6 +361,7 @@ class PendingOutput:
     def result(self) -> ModelRunnerOutput:
         if self._result is None:
             self._result = self._finish()
+            self.runner = None  # the runner keeps the last step: no cycle once it is read
         return self._result
 
     def _finish(self) -> ModelRunnerOutput:
