@@ -102,7 +102,8 @@ class EngineArgs(BaseModel):
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
     max_waiting_requests: Optional[int] = Field(None, ge=1)
-    async_scheduling: bool = False
+    #: None: the platform's default (on for CUDA, off on the CPU).
+    async_scheduling: Optional[bool] = None
     seed: int = 0
     device: str = "auto"
     #: "auto" reads the checkpoint; "dummy" fills random weights on the device (benchmarks).

@@ -34,6 +34,13 @@ def test_attention_backend_choice_is_triton_only_on_cuda():
     assert plugin.llmserve_select_attention_backend("cpu", "LlamaForCausalLM") is None
 
 
+def test_async_scheduling_is_the_cuda_default_only():
+    from llmserve.platforms.cpu import CpuPlatform
+
+    assert CudaPlatform.default_async_scheduling is True
+    assert CpuPlatform.default_async_scheduling is False
+
+
 def test_dtype_policy():
     assert CudaPlatform.resolve_dtype(torch.float32) == torch.bfloat16
     assert CudaPlatform.resolve_dtype(torch.float16) == torch.float16

@@ -114,7 +114,10 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   enable_chunked_prefill=args.enable_chunked_prefill,
                                   policy=args.scheduling_policy,
                                   max_waiting_requests=args.max_waiting_requests,
-                                  async_scheduling=args.async_scheduling),
+                                  async_scheduling=(
+                                      platform.default_async_scheduling
+                                      if args.async_scheduling is None
+                                      else args.async_scheduling)),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,

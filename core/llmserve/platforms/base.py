@@ -26,6 +26,9 @@ class Platform:
     #: Whether the engine runs ``ModelRunner.profile_run`` before asking
     #: ``kv_cache_budget_bytes`` (platforms that size the cache from measured free memory).
     needs_profile_run: ClassVar[bool] = False
+    #: Whether steps are scheduled asynchronously unless the user says otherwise. It pays
+    #: where the device runs apart from the host (the host then never stalls it).
+    default_async_scheduling: ClassVar[bool] = False
 
     @classmethod
     def is_available(cls) -> bool:

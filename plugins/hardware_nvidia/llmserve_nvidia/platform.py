@@ -30,6 +30,7 @@ class CudaPlatform(Platform):
     priority = 100
     default_attention_backend = "triton"
     needs_profile_run = True
+    default_async_scheduling = True
 
     @classmethod
     def is_available(cls) -> bool:
