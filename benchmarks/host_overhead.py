@@ -23,6 +23,7 @@ import time
 import torch
 
 from llmserve import LLM, SamplingParams
+from llmserve.bench.results import make_result
 from llmserve.testing import make_tiny_model, train_tokenizer
 
 
@@ -80,8 +81,7 @@ def main() -> None:
         device = fwd.total + logits.total + sample.total - before
         total_ms.append(dt * 1e3)
         host_ms.append((dt - device) * 1e3)
-    result = {
-        "workload": f"host-overhead-{args.num_requests}",
+    result = make_result(f"host-overhead-{args.num_requests}", "llmserve", "cpu", {
         "running_requests": args.num_requests,
         "detokenize": args.detokenize,
         "steps": args.steps,
@@ -89,7 +89,7 @@ def main() -> None:
         "host_ms_p90": round(sorted(host_ms)[int(0.9 * len(host_ms))], 3),
         "step_cpu_ms_median": round(statistics.median(total_ms), 3),
         "step_wall_ms_median": round(statistics.median(wall_ms), 3),
-    }
+    })
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

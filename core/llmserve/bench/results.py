@@ -32,9 +32,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _command_line() -> str:
+    """How this run was started: ``llmserve ...`` for the CLI, ``python SCRIPT ...`` else."""
+    prog = sys.argv[0]
+    is_cli = os.path.basename(prog) == "llmserve" or prog.endswith(os.path.join("cli", "main.py"))
+    head = ["llmserve"] if is_cli else ["python", os.path.relpath(prog)]
+    return " ".join(head + sys.argv[1:])
+
+
 def make_result(workload: str, engine: str, device: str, figures: dict[str, Any]) -> dict:
     return {"workload": workload, "engine": engine, "device": device_name(device),
-            "commit": git_commit(), "command": " ".join(["llmserve"] + sys.argv[1:]),
+            "commit": git_commit(), "command": _command_line(),
             "date": datetime.date.today().isoformat(), **figures}
 
 
