@@ -1,6 +1,6 @@
 """Our engine against Hugging Face transformers on the same weights (fp32, CPU).
 
-Method (TESTING.md): greedy, 32 new tokens, top-5 logprobs. Token ids must be identical;
+Method: greedy, 32 new tokens, top-5 logprobs. Token ids must be identical;
 where two candidates are within rounding, a divergence is accepted only if each side's token
 is in the other's top-5, and comparison stops there. Logprobs agree to 1e-3.
 """

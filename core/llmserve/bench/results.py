@@ -1,4 +1,5 @@
-"""Benchmark result files: one JSON object per run (BENCHMARKING.md's fields)."""
+"""Benchmark result files: one JSON object per run (workload, engine, device, commit,
+command, and the figures that apply)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Standard model shapes and workloads (BENCHMARKING.md), built without weight files.
+"""Standard model shapes and workloads (benchmarks/README.md), built without weight files.
 
 A shape is an HF config; the benchmark writes only that config.json to a temporary folder
 and starts the engine with random weights made on the device (``load_format="dummy"``).
