@@ -113,7 +113,7 @@ def check_kernels(out_dir: str) -> dict:
     return report
 
 
-def parity(out_dir: str, **engine_kwargs) -> dict:
+def parity(out_dir: str, dtype: str = "bfloat16", **engine_kwargs) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -130,7 +130,7 @@ def parity(out_dir: str, **engine_kwargs) -> dict:
         g = torch.Generator().manual_seed(0)
         prompts = [torch.randint(4, 512, (n,), generator=g).tolist()
                    for n in (1, 7, 16, 33, 100, 250, 513, 1000)]
-        llm = LLM(folder, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.5,
+        llm = LLM(folder, dtype=dtype, max_model_len=2048, gpu_memory_utilization=0.5,
                   **engine_kwargs)
         params = SamplingParams(temperature=0, max_tokens=32, logprobs=5, ignore_eos=True)
         ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
@@ -138,7 +138,7 @@ def parity(out_dir: str, **engine_kwargs) -> dict:
         del llm
         gc.collect()
         torch.cuda.empty_cache()
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).cuda().eval()
         matched, diverged_ok, bad, max_lp_err = 0, 0, 0, 0.0
         with torch.no_grad():
             for prompt, mine in zip(prompts, ours):
@@ -169,7 +169,7 @@ def parity(out_dir: str, **engine_kwargs) -> dict:
                             max_logprob_err=round(max_lp_err, 4), cuda_graphs=graphs)
         del hf
         torch.cuda.empty_cache()
-    log(out_dir, f"parity {json.dumps(engine_kwargs)} " + json.dumps(report))
+    log(out_dir, f"parity {json.dumps(dict(dtype=dtype, **engine_kwargs))} " + json.dumps(report))
     return report
 
 
@@ -243,6 +243,8 @@ def main() -> None:
                 parity(args.out)
             elif phase == "parity-async":
                 parity(args.out, async_scheduling=True)
+            elif phase == "parity-fp16":
+                parity(args.out, dtype="float16")
             elif phase.startswith("profile"):
                 _, _, shape = phase.partition(":")
                 profile_decode(args.out, shape or "llama-8b")
