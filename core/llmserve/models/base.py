@@ -20,14 +20,9 @@ class ModelBuildContext:
     linear_method: Optional[LinearMethod] = None
     #: Elementwise kernels the layers call (the platform's ``layer_ops()``).
     ops: LayerOps = TORCH_OPS
-    #: Architecture switches a model class reads off the config (e.g. qkv_bias, qk_norm).
+    #: Architecture switches a model class reads off the config (e.g. qkv_bias, qk_norm),
+    #: from its ``build_context_flags``.
     flags: dict[str, bool] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        flags = self.__dict__.get("flags", {})
-        if name in flags:
-            return flags[name]
-        raise AttributeError(name)
 
 
 def rope_settings(cfg: dict[str, Any]) -> tuple[float, Optional[dict[str, Any]]]:

@@ -38,7 +38,7 @@ class LlamaAttention(nn.Module):
         total_heads = cfg["num_attention_heads"]
         total_kv = cfg.get("num_key_value_heads") or total_heads
         self.head_dim = cfg.get("head_dim") or hidden // total_heads
-        bias = ctx.qkv_bias
+        bias = ctx.flags["qkv_bias"]
         self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv, bias=bias,
                                           dtype=ctx.dtype, linear_method=ctx.linear_method)
         self.num_heads = self.qkv_proj.num_heads
@@ -46,7 +46,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
                                         bias=bool(cfg.get("attention_bias", False)),
                                         dtype=ctx.dtype, linear_method=ctx.linear_method)
-        self.qk_norm = ctx.qk_norm
+        self.qk_norm = ctx.flags["qk_norm"]
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype, ctx.ops)
             self.k_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"], ctx.dtype, ctx.ops)

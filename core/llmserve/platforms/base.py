@@ -64,7 +64,3 @@ class Platform:
         from llmserve.layers.ops import TORCH_OPS
 
         return TORCH_OPS
-
-    @classmethod
-    def synchronize(cls) -> None:
-        """Wait for queued device work (timing); a no-op on the CPU."""

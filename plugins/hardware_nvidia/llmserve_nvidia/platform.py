@@ -65,7 +65,3 @@ class CudaPlatform(Platform):
         from llmserve_nvidia.graph_runner import CudaGraphModelRunner
 
         return CudaGraphModelRunner
-
-    @classmethod
-    def synchronize(cls) -> None:
-        torch.cuda.synchronize()
