@@ -87,3 +87,18 @@ def test_200_concurrent_streams(server, auth):
     total = sum(b["max_tokens"] for b in requests)
     print(f"\n200 streams: {t_stream:.2f} s ({total / t_stream:.0f} tok/s); "
           f"200 non-streamed: {t_whole:.2f} s")
+
+
+def test_concurrent_streams_with_async_scheduling(start_server, auth):
+    """The same check against a server whose engine core schedules asynchronously (the CUDA
+    default): outputs arrive a step late, and must be exactly as complete and consistent."""
+    from http_helpers import SERVER_ARGS
+
+    server = start_server(SERVER_ARGS + ["--async-scheduling"])
+    requests = make_requests(seed=random.randrange(2**32))[:100]
+    streamed, whole, _, _ = asyncio.run(
+        asyncio.wait_for(run_load(server.url, auth, requests), TIME_LIMIT_S))
+    for body, (text, n_tokens, _), full in zip(requests, streamed, whole):
+        assert n_tokens == body["max_tokens"]
+        assert full["usage"]["completion_tokens"] == body["max_tokens"]
+        assert text == full["choices"][0]["text"], body
