@@ -259,8 +259,9 @@ def llmserve_http_routes(app: Any, engine_client: Any, config: EngineConfig) -> 
     another process; reach it only through ``engine_client``.
 
     :param app: the ``fastapi.FastAPI`` application; add routes or routers to it.
-    :param engine_client: the front end's handle on the engine (submit requests, stream
-        outputs, abort). Use it from route handlers; do not keep references beyond the app.
+    :param engine_client: the front end's ``llmserve.engine.async_engine.AsyncEngine``
+        (``generate()`` streams ``RequestOutput``s, ``abort()`` stops a request). Use it from
+        route handlers; do not keep references beyond the app.
     :param config: the frozen ``EngineConfig`` the engine runs with; read it, never modify it.
 
     **Returns:** ``None``; routes are registered as a side effect on ``app``. Two plugins
