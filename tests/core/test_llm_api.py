@@ -136,7 +136,7 @@ def test_eos_stops_unless_ignored(llama_dir):
     ref = llm.generate("hi", greedy(12), use_tqdm=False)[0].outputs[0].token_ids
     eos = ref[2]
     engine = llm.llm_engine
-    engine.eos_token_ids = frozenset([eos])  # pretend this token is the model's EOS
+    engine.frontend.eos_token_ids = frozenset([eos])  # pretend this token is the model's EOS
     out = llm.generate("hi", SamplingParams(temperature=0, max_tokens=12),
                        use_tqdm=False)[0].outputs[0]
     assert out.token_ids == ref[:ref.index(eos) + 1]
@@ -324,3 +324,23 @@ def test_penalties_through_engine_match_hand_computation(llm, llama_dir):
             expected.append(nxt)
             ids.append(nxt)
     assert out == expected
+
+
+def test_prompt_logprobs_with_n_and_preemption(llama_dir):
+    """n>1 in a batch that preempts still gives exactly one entry per prompt token."""
+    prompt = list(range(20, 90))
+    params = SamplingParams(n=2, temperature=0, max_tokens=30, prompt_logprobs=1,
+                            ignore_eos=True)
+    roomy = LLM(llama_dir, dtype="float32", max_model_len=256)
+    ref = roomy.generate([prompt], params, use_tqdm=False)[0].prompt_logprobs
+    tight = LLM(llama_dir, dtype="float32", max_model_len=256, num_gpu_blocks_override=9,
+                max_num_batched_tokens=32)
+    outs = tight.generate([prompt] + [[5 + i] * 40 for i in range(3)],
+                          [params] + [greedy(40)] * 3, use_tqdm=False)
+    assert tight.llm_engine.core.scheduler.num_preemptions > 0
+    got = outs[0].prompt_logprobs
+    assert len(ref) == len(got) == len(prompt) and got[0] is None
+    for a, b in zip(ref[1:], got[1:]):
+        assert sorted(a) == sorted(b)
+        for tid in a:
+            assert abs(a[tid].logprob - b[tid].logprob) < 1e-4

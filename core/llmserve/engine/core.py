@@ -46,7 +46,6 @@ class EngineCore:
         model = load_model(cfg.model.model, hf, resolved.model_cls, resolved.torch_dtype, device,
                            attn_backend, cfg.model.max_model_len, resolved.load_format,
                            platform.layer_ops())
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         runner_cls = platform.model_runner_class()
         self.runner = runner_cls(model, attn_backend, device, resolved.torch_dtype,
                                   hf["vocab_size"], cfg.scheduler.max_num_seqs,
@@ -64,7 +63,7 @@ class EngineCore:
                 self.runner.profile_run(cfg.scheduler.max_num_batched_tokens,
                                         cfg.scheduler.max_num_seqs)
             budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
-                                                    cfg.cache.gpu_memory_utilization, model_bytes)
+                                                    cfg.cache.gpu_memory_utilization)
             num_blocks = num_blocks_for_budget(specs, budget)
         self.runner.initialize_kv_cache(num_blocks)
         t_warm = time.monotonic()

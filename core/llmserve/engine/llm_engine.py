@@ -8,13 +8,12 @@ from typing import Optional, Union
 
 from llmserve.config import EngineArgs
 from llmserve.engine.core import EngineCore
-from llmserve.engine.frontend import fan_out_params, load_frontend, validate_prompt
+from llmserve.engine.frontend import fan_out_params, load_frontend
 from llmserve.engine.output_processor import OutputProcessor
 from llmserve.engine.request import EngineCoreRequest, RequestStatus
 from llmserve.engine.setup import resolve_engine
 from llmserve.outputs import RequestOutput
 from llmserve.plugins import get_plugin_manager
-from llmserve.sample import check_token_ids
 from llmserve.sampling_params import SamplingParams
 
 
@@ -25,8 +24,6 @@ class LLMEngine:
         self.config = resolved.config
         self.frontend = load_frontend(resolved)
         self.tokenizer = self.frontend.tokenizer
-        self.eos_token_ids = self.frontend.eos_token_ids
-        self.default_sampling_values = self.frontend.default_sampling_values
         self.vocab_size = self.frontend.vocab_size
         self.core = EngineCore(resolved, pm)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -36,28 +33,20 @@ class LLMEngine:
         return cls(args)
 
     def default_sampling_params(self) -> SamplingParams:
-        return SamplingParams(**self.default_sampling_values)
-
-    def tokenize_prompt(self, prompt: Union[str, list[int]]) -> tuple[Optional[str], list[int]]:
-        return self.frontend.tokenize_prompt(prompt)
-
-    def validate_prompt(self, token_ids: list[int]) -> None:
-        validate_prompt(token_ids, self.config.model.max_model_len, self.vocab_size)
+        return self.frontend.default_sampling_params()
 
     def add_request(self, request_id: str, prompt: Union[str, list[int]],
                     params: SamplingParams, priority: int = 0,
                     arrival_time: Optional[float] = None) -> None:
-        text, token_ids = self.tokenize_prompt(prompt)
-        self.validate_prompt(token_ids)
-        check_token_ids(params, self.vocab_size)
-        children = self._child_params(params)
+        text, token_ids = self.frontend.tokenize_prompt(prompt)
+        self.frontend.validate_request(token_ids, params)
+        children = fan_out_params(params)
         core_ids = self.output_processor.add_request(request_id, text, token_ids, children)
         arrival = time.monotonic() if arrival_time is None else arrival_time
         for cid, child in zip(core_ids, children):
-            self.core.add_request(EngineCoreRequest(cid, token_ids, child, self.eos_token_ids,
-                                                    arrival, priority))
-
-    _child_params = staticmethod(fan_out_params)
+            self.core.add_request(EngineCoreRequest(cid, token_ids, child,
+                                                    self.frontend.eos_token_ids, arrival,
+                                                    priority))
 
     def abort_request(self, request_ids: Union[str, list[str]]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else request_ids

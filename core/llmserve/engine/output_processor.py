@@ -123,7 +123,9 @@ class OutputProcessor:
             if entry is None:
                 continue
             parent, child = entry
-            if out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None:
+            # Every completion of an n>1 request computes the prompt; the first one reports it.
+            if (out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None
+                    and child.index == 0):
                 self._add_prompt_logprobs(parent, out.new_prompt_logprobs)
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
             new_ids = out.new_token_ids
@@ -181,11 +183,9 @@ class OutputProcessor:
         return pos
 
     def _add_prompt_logprobs(self, parent: _ParentState, rows) -> None:
-        # A request resumed after preemption recomputes its prompt: keep the first copy.
-        room = len(parent.prompt_token_ids) - len(parent.prompt_logprobs)
-        for i in range(min(room, len(rows.token_ids))):
-            parent.prompt_logprobs.append(
-                self._position(rows.token_ids[i], rows.logprobs[i], rows.ranks[i]))
+        # Rows a preempted request recomputes never arrive twice: the scheduler drops them.
+        for ids, lps, rank in zip(rows.token_ids, rows.logprobs, rows.ranks):
+            parent.prompt_logprobs.append(self._position(ids, lps, rank))
 
     def _make_output(self, parent: _ParentState) -> RequestOutput:
         outputs = [

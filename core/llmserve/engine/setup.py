@@ -73,7 +73,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
     hf_config = read_hf_config(model_path)
     arch, model_cls = resolve_architecture(
         hf_config, collect_registry(pm, "llmserve_model_architectures"),
-        [f"{p.name} {p.version}" for p in plugin_infos(pm)])
+        lambda: [f"{p.name} {p.version}" for p in plugin_infos(pm)])
     platform = select_platform(pm, args.device)
 
     dtype_name = args.canonical_dtype

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -57,14 +57,16 @@ def iterate_weights(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
 
 
 def resolve_architecture(cfg: dict[str, Any], registry: dict[str, type],
-                         installed_plugins: list[str]) -> tuple[str, type]:
+                         installed_plugins: Callable[[], list[str]]) -> tuple[str, type]:
+    """The model class for the config's ``architectures``; the error lists the supported
+    names and ``installed_plugins()`` (asked only then: it calls every plugin)."""
     archs = cfg.get("architectures") or []
     for arch in archs:
         if arch in registry:
             return arch, registry[arch]
     raise ValueError(
         f"model architecture {archs or '(none in config.json)'} is not supported. Supported: "
-        f"{', '.join(sorted(registry))}. Installed plugins: {', '.join(installed_plugins)}"
+        f"{', '.join(sorted(registry))}. Installed plugins: {', '.join(installed_plugins())}"
     )
 
 

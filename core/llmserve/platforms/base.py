@@ -44,8 +44,7 @@ class Platform:
         return checkpoint_dtype
 
     @classmethod
-    def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float,
-                              model_bytes: int) -> int:
+    def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float) -> int:
         """Bytes to give the KV cache after the model is loaded (and profiled, when
         ``needs_profile_run``). ``requested`` is the user's explicit ``kv_cache_memory``."""
         raise NotImplementedError

@@ -28,6 +28,5 @@ class CpuPlatform(Platform):
         return torch.float32
 
     @classmethod
-    def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float,
-                              model_bytes: int) -> int:
+    def kv_cache_budget_bytes(cls, requested: int | None, gpu_memory_utilization: float) -> int:
         return requested if requested is not None else DEFAULT_CPU_KV_CACHE_BYTES

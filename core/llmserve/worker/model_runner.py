@@ -312,7 +312,7 @@ class PendingOutput:
     placeholders, and returns the ``ModelRunnerOutput``.
     """
 
-    def __init__(self, runner: ModelRunner, req_ids: list[str], sample_idx: np.ndarray,
+    def __init__(self, runner: Optional[ModelRunner], req_ids: list[str], sample_idx: np.ndarray,
                  sample_rows: np.ndarray) -> None:
         self.runner = runner
         self.req_ids = req_ids
@@ -329,7 +329,9 @@ class PendingOutput:
 
     @classmethod
     def done(cls, output: ModelRunnerOutput) -> "PendingOutput":
-        pending = cls.__new__(cls)
+        """An output that is already complete (a step with nothing scheduled)."""
+        empty = np.zeros(0, dtype=np.int64)
+        pending = cls(None, output.req_ids, empty, empty)
         pending._result = output
         return pending
 

@@ -46,7 +46,7 @@ class CudaPlatform(Platform):
         return torch.bfloat16 if checkpoint_dtype == torch.float32 else checkpoint_dtype
 
     @classmethod
-    def kv_cache_budget_bytes(cls, requested, gpu_memory_utilization, model_bytes) -> int:
+    def kv_cache_budget_bytes(cls, requested, gpu_memory_utilization) -> int:
         if requested is not None:
             return requested
         torch.cuda.synchronize()
