@@ -5,7 +5,7 @@ plugin authors. Everything else may change between releases.
 """
 
 from llmserve.outputs import CompletionOutput, Logprob, RequestOutput
-from llmserve.plugins import hookimpl
+from llmserve.plugin_markers import hookimpl
 from llmserve.sampling_params import SamplingParams
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ third-party plugin that contributes a name defined here replaces the default (wi
 
 from __future__ import annotations
 
-from llmserve.plugins import hookimpl
+from llmserve import hookimpl
 
 #: Subcommands of the ``llmserve`` CLI the core ships: (command name, module path). The module
 #: defines ``COMMAND``, a ``llmserve.cli.command.CliCommand`` instance of that name (a

@@ -2,7 +2,7 @@
 
 Every function here is a pluggy hook specification of the project ``llmserve``; a plugin
 implements one by defining a function of the same name decorated with
-``llmserve.plugins.hookimpl``. The bodies are empty on purpose: this module is a catalogue,
+``llmserve.hookimpl``. The bodies are empty on purpose: this module is a catalogue,
 and each docstring is the reference an implementer works from (docs/plugins/hooks/ has a page
 per hook with an example).
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmserve.plugins import hookspec
+from llmserve.plugin_markers import hookspec
 
 if TYPE_CHECKING:
     from llmserve.cli.command import CliCommand

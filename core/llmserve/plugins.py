@@ -31,16 +31,13 @@ from typing import Any
 
 import pluggy
 
-PROJECT_NAME = "llmserve"
+from llmserve import hookspecs
+from llmserve.plugin_markers import PROJECT_NAME, hookimpl, hookspec  # noqa: F401 (re-exported)
+
 #: Entry-point group plugins are discovered from; each entry point names a module.
 ENTRY_POINT_GROUP = "llmserve"
 PLUGINS_ENV = "LLMSERVE_PLUGINS"
 TRACE_ENV = "LLMSERVE_TRACE_HOOKS"
-
-#: Marks hook specifications (used by ``llmserve.hookspecs``).
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-#: Marks hook implementations in plugins: ``@hookimpl def llmserve_platforms(): ...``.
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Modules registered as the core's defaults, in this order, before any entry point. Each is
 #: registered under its module name and reported as version "builtin".
@@ -87,8 +84,6 @@ def get_plugin_manager(load_entry_points: bool = True,
         directly (see ``llmserve.plugin_testing``).
     :param default_plugins: register the core's defaults (``DEFAULT_PLUGINS``).
     """
-    from llmserve import hookspecs
-
     pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     if _env_flag(TRACE_ENV):

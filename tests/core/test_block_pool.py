@@ -8,7 +8,8 @@ from llmserve.kv_cache.block_pool import BlockPool, FreeBlockQueue, KVBlock
 from llmserve.kv_cache.spec import (
     FullAttentionSpec,
     PerRequestStateSpec,
-    num_blocks_for_budget,
+    SlidingWindowSpec,
+    plan_kv_cache,
 )
 
 
@@ -182,27 +183,38 @@ class TestCacheSpec:
         with pytest.raises(dataclasses.FrozenInstanceError):
             a.block_size = 32  # type: ignore[misc]
 
-    def test_num_blocks_for_budget(self):
+    def test_plan_kv_cache_paged(self):
         spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype_bytes=4)
         page = 2 * 16 * 2 * 64 * 4  # 16384
         specs = [spec] * 4  # 4 layers share block ids: one block costs 4 pages
-        assert num_blocks_for_budget(specs, 4 * page * 10) == 10
-        assert num_blocks_for_budget(specs, 4 * page * 10 + 4 * page - 1) == 10
-        assert num_blocks_for_budget(specs, 4 * page) == 1
+        assert plan_kv_cache(specs, 4 * page * 10, 8).num_blocks == 10
+        assert plan_kv_cache(specs, 4 * page * 10 + 4 * page - 1, 8).num_blocks == 10
+        assert plan_kv_cache(specs, 4 * page, 8).num_blocks == 1
         mixed = [spec, FullAttentionSpec(16, 4, 64, 4)]  # 16384 + 32768
-        assert num_blocks_for_budget(mixed, 49152 * 7 + 5) == 7
+        plan = plan_kv_cache(mixed, 49152 * 7 + 5, 8)
+        assert (plan.num_blocks, plan.num_state_slots, plan.total_bytes) == (7, 0, 49152 * 7)
+        assert plan_kv_cache(specs, 0, 8, num_blocks_override=3).num_blocks == 3
 
-    def test_num_blocks_for_budget_too_small(self):
+    def test_plan_kv_cache_too_small(self):
         spec = FullAttentionSpec(16, 2, 64, 4)
         with pytest.raises(ValueError, match="too small"):
-            num_blocks_for_budget([spec, spec], 2 * spec.page_size_bytes - 1)
-        with pytest.raises(ValueError):
-            num_blocks_for_budget([], 10**9)
+            plan_kv_cache([spec, spec], 2 * spec.page_size_bytes - 1, 8)
+        with pytest.raises(ValueError, match="no caching layer"):
+            plan_kv_cache([], 10**9, 8)
 
-    def test_state_spec_is_not_paged(self):
-        state = PerRequestStateSpec(state_bytes=4096)
-        assert not state.is_paged and state.page_size_bytes == 4096
+    def test_state_slots_are_reserved_before_blocks(self):
+        state = PerRequestStateSpec(shapes=((4, 8), (16,)), dtype_bytes=2)
+        assert not state.is_paged and state.page_size_bytes == (32 + 16) * 2
+        attn = FullAttentionSpec(16, 2, 64, 4)
+        budget = 5 * state.state_bytes * 2 + 3 * attn.page_size_bytes + 7
+        plan = plan_kv_cache([attn, state, state], budget, max_num_seqs=5)
+        assert (plan.num_blocks, plan.num_state_slots) == (3, 5)
+        assert plan.state_specs == (state, state) and plan.paged_specs == (attn,)
+        # Pure state models get no blocks at all.
+        assert plan_kv_cache([state], 10**6, 4).num_blocks == 0
         with pytest.raises(ValueError, match="per-request state"):
-            num_blocks_for_budget([FullAttentionSpec(16, 2, 64, 4), state], 10**9)
+            plan_kv_cache([state], 3 * state.state_bytes, max_num_seqs=4)
         with pytest.raises(ValueError):
-            PerRequestStateSpec(state_bytes=0)
+            PerRequestStateSpec(shapes=(), dtype_bytes=2)
+        with pytest.raises(ValueError):
+            SlidingWindowSpec(16, 2, 64, 4, sliding_window=0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmserve.engine.request import EngineCoreRequest, Request
+from llmserve.request import EngineCoreRequest, Request
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.prefix_hash import (
     builtin_block_hash,

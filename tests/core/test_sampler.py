@@ -34,8 +34,7 @@ NUM_DRAWS = 4000
 PROBS = [0.4, 0.3, 0.15, 0.1, 0.05]
 
 
-def build(params, outputs=None, prompts=None, stops=None, generators=None, vocab=None,
-          processors=()):
+def build(params, outputs=None, prompts=None, stops=None, generators=None, vocab=None):
     n = len(params)
     return SamplingMetadata.build(
         params,
@@ -45,7 +44,6 @@ def build(params, outputs=None, prompts=None, stops=None, generators=None, vocab
         generators if generators is not None else [None] * n,
         vocab,
         CPU,
-        processors,
     )
 
 
@@ -491,7 +489,7 @@ class BanToken(LogitsProcessor):
         return logits
 
 
-def test_batch_logits_processor_via_sampler_and_metadata():
+def test_batch_logits_processor_via_sampler():
     fresh_seed()
     logits = torch.tensor([[5.0, 1.0, 0.0]] * 3)
     params = [SamplingParams(temperature=0.0, logprobs=1), SamplingParams(temperature=0.0),
@@ -505,11 +503,6 @@ def test_batch_logits_processor_via_sampler_and_metadata():
     # Logprobs stay those of the raw logits: token 0 is still the top candidate there.
     assert out.logprobs.token_ids[0].tolist() == [1, 0]
     assert out.logprobs.ranks[0].item() == 2
-
-    # The same processor handed in per step through the metadata.
-    out = Sampler()(logits.clone(), build(params, vocab=3, processors=[BanToken()]))
-    assert BanToken.calls == 2
-    assert out.sampled_token_ids[:2].tolist() == [1, 1]
 
 
 def test_logits_processor_is_abstract():

@@ -10,7 +10,7 @@ import itertools
 import pytest
 
 from llmserve.config import SchedulerConfig
-from llmserve.engine.request import EngineCoreRequest, Request, RequestStatus
+from llmserve.request import EngineCoreRequest, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmserve.engine.setup import select_platform
+from llmserve.engine.resolver import select_platform
 from llmserve.plugins import collect_list, get_plugin_manager
 from llmserve_nvidia import plugin
 from llmserve_nvidia.graph_runner import capture_sizes

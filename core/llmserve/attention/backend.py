@@ -48,12 +48,23 @@ class AttentionBackend:
     """Writes new K/V into the paged cache and computes attention for the flat batch."""
 
     name: ClassVar[str] = "base"
+    #: Whether the backend honours ``sliding_window``; one that does not refuses it at model
+    #: build rather than silently attending to the whole sequence.
+    supports_sliding_window: ClassVar[bool] = False
 
-    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float) -> None:
+    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
+                 sliding_window: Optional[int] = None) -> None:
+        """``sliding_window``: a query at position p sees keys p - sliding_window < k <= p;
+        None attends to the whole sequence. Blocks behind the window may have been freed
+        and reused by the time the layer runs: a windowed backend must not read them."""
+        if sliding_window is not None and not type(self).supports_sliding_window:
+            raise ValueError(f"attention backend {type(self).name!r} does not support "
+                             f"sliding-window attention (sliding_window={sliding_window})")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.num_kv_heads = num_kv_heads
         self.scale = scale
+        self.sliding_window = sliding_window
 
     @staticmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,

@@ -136,7 +136,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from llmserve.bench import serve
     from llmserve.bench.results import make_result, write_result
-    from llmserve.engine.setup import resolve_model_path
+    from llmserve.engine.resolver import resolve_model_path
     from llmserve.tokenizer import load_tokenizer
 
     num = args.num_prompts or 100

@@ -38,9 +38,9 @@ from typing import Any, AsyncIterator, Callable, Optional, Protocol, Union
 
 from llmserve.config import EngineArgs, EngineConfig
 from llmserve.engine.core_process import EngineInfo
-from llmserve.engine.frontend import FrontendInfo, fan_out_params, load_frontend
+from llmserve.engine.input_processor import InputProcessor, fan_out_params, load_input_processor
 from llmserve.engine.output_processor import OutputProcessor, RequestOutputKind
-from llmserve.engine.request import EngineCoreRequest, RequestStatus
+from llmserve.request import EngineCoreRequest, RequestStatus
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.scheduler import QueueFullError
@@ -123,13 +123,13 @@ class AsyncEngine:
                  plugin_manager=None, log_level: int = logging.WARNING) -> None:
         """Resolve ``args`` (fails fast on bad values) and load the tokenizer; ``start()``
         then starts the core process."""
-        from llmserve.engine.setup import resolve_engine
+        from llmserve.engine.resolver import resolve_engine
         from llmserve.plugins import get_plugin_manager
 
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         resolved = resolve_engine(args, pm)
         self.config: EngineConfig = resolved.config
-        self.frontend: FrontendInfo = load_frontend(resolved)
+        self.frontend: InputProcessor = load_input_processor(resolved)
         self.tokenizer = self.frontend.tokenizer
         # The core re-resolves these arguments; pin the model to the directory resolved here
         # so a hub model is fetched once.

@@ -12,10 +12,10 @@ from typing import Iterable
 
 import torch
 
-from llmserve.engine.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
-from llmserve.engine.setup import ResolvedEngine
+from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
+from llmserve.engine.resolver import ResolvedEngine
 from llmserve.kv_cache.manager import KVCacheManager
-from llmserve.kv_cache.spec import FullAttentionSpec, num_blocks_for_budget
+from llmserve.kv_cache.spec import KVCacheConfig, check_layer_specs, plan_kv_cache
 from llmserve.models.loader import load_model
 from llmserve.plugins import collect_registry
 from llmserve.scheduler.scheduler import Scheduler
@@ -52,40 +52,46 @@ class EngineCore:
                                   cfg.model.max_model_len, cfg.cache.block_size,
                                   collect_registry(pm, "llmserve_logits_processors").values())
 
-        block_size = cfg.cache.block_size
-        dtype_bytes = torch.tensor([], dtype=resolved.torch_dtype).element_size()
-        specs = [FullAttentionSpec(block_size, kvh, d, dtype_bytes)
-                 for kvh, d in self.runner.kv_cache_layer_shapes()]
-        if cfg.cache.num_gpu_blocks_override is not None:
-            num_blocks = cfg.cache.num_gpu_blocks_override
-        else:
-            if platform.needs_profile_run:
-                self.runner.profile_run(cfg.scheduler.max_num_batched_tokens,
-                                        cfg.scheduler.max_num_seqs)
-            budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
-                                                    cfg.cache.gpu_memory_utilization)
-            num_blocks = num_blocks_for_budget(specs, budget)
-        self.runner.initialize_kv_cache(num_blocks)
+        kv_config = self._plan_kv_cache(pm, platform)
+        self.runner.initialize_kv_cache(kv_config)
         t_warm = time.monotonic()
         self.runner.warm_up()
         self.warm_up_s = time.monotonic() - t_warm
-        self.num_blocks = num_blocks
-        self.kv_capacity_tokens = num_blocks * block_size
-        logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB) on %s",
-                    num_blocks, block_size, self.kv_capacity_tokens,
-                    num_blocks * sum(s.page_size_bytes for s in specs) / 2**20, platform.name)
+        self.kv_cache_config = kv_config
+        self.num_blocks = kv_config.num_blocks
+        block_size = cfg.cache.block_size
+        self.kv_capacity_tokens = kv_config.num_blocks * block_size
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %d state slots (%.1f MiB) "
+                    "on %s", kv_config.num_blocks, block_size, self.kv_capacity_tokens,
+                    kv_config.num_state_slots, kv_config.total_bytes / 2**20, platform.name)
 
         policies = collect_registry(pm, "llmserve_scheduling_policies")
         if cfg.scheduler.policy not in policies:
             raise ValueError(f"scheduling_policy must be one of {sorted(policies)}, got "
                              f"{cfg.scheduler.policy!r}")
-        self.kv_manager = KVCacheManager(num_blocks, block_size, cfg.cache.enable_prefix_caching)
+        self.kv_manager = KVCacheManager.from_config(kv_config, cfg.cache.enable_prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).
         self._in_flight = None
         self.startup_s = time.monotonic() - t0
         pm.hook.llmserve_engine_started(config=cfg)
+
+    def _plan_kv_cache(self, pm, platform) -> KVCacheConfig:
+        """Check the runner's per-layer cache specs against the installed kinds, then split
+        the platform's memory budget between per-request state and paged blocks."""
+        cfg = self.resolved.config
+        specs = self.runner.cache_specs()
+        check_layer_specs(specs, collect_registry(pm, "llmserve_cache_specs"))
+        override = cfg.cache.num_gpu_blocks_override
+        budget = 0
+        if override is None:
+            if platform.needs_profile_run:
+                self.runner.profile_run(cfg.scheduler.max_num_batched_tokens,
+                                        cfg.scheduler.max_num_seqs)
+            budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
+                                                    cfg.cache.gpu_memory_utilization)
+        return plan_kv_cache(specs, budget, cfg.scheduler.max_num_seqs, override)
 
     @property
     def max_model_len(self) -> int:

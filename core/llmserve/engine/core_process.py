@@ -113,7 +113,7 @@ def _getpid() -> int:
 def _build_core(engine_args: dict[str, Any]):
     from llmserve.config import EngineArgs
     from llmserve.engine.core import EngineCore
-    from llmserve.engine.setup import resolve_engine
+    from llmserve.engine.resolver import resolve_engine
     from llmserve.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -140,7 +140,7 @@ class EngineCoreLoop:
         self._running = True
 
     def run(self) -> None:
-        from llmserve.engine.request import RequestStatus
+        from llmserve.request import RequestStatus
 
         core = self.core
         conn = self.input_conn

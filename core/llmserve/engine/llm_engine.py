@@ -8,10 +8,10 @@ from typing import Optional, Union
 
 from llmserve.config import EngineArgs
 from llmserve.engine.core import EngineCore
-from llmserve.engine.frontend import fan_out_params, load_frontend
+from llmserve.engine.input_processor import fan_out_params, load_input_processor
 from llmserve.engine.output_processor import OutputProcessor
-from llmserve.engine.request import EngineCoreRequest, RequestStatus
-from llmserve.engine.setup import resolve_engine
+from llmserve.request import EngineCoreRequest, RequestStatus
+from llmserve.engine.resolver import resolve_engine
 from llmserve.outputs import RequestOutput
 from llmserve.plugins import get_plugin_manager
 from llmserve.sampling_params import SamplingParams
@@ -22,7 +22,7 @@ class LLMEngine:
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         resolved = resolve_engine(args, pm)
         self.config = resolved.config
-        self.frontend = load_frontend(resolved)
+        self.frontend = load_input_processor(resolved)
         self.tokenizer = self.frontend.tokenizer
         self.vocab_size = self.frontend.vocab_size
         self.core = EngineCore(resolved, pm)

@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-from llmserve.engine.request import EngineCoreOutput
+from llmserve.request import EngineCoreOutput
 from llmserve.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import IncrementalDetokenizer, decode_token

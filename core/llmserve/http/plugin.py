@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llmserve.cli.command import CliCommand
-from llmserve.plugins import hookimpl
+from llmserve import hookimpl
 
 
 class ServeCommand(CliCommand):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from llmserve.engine.async_engine import AsyncEngine, RequestStream
-from llmserve.engine.frontend import validate_prompt
+from llmserve.engine.input_processor import validate_prompt
 from llmserve.http.errors import APIError, ClientDisconnected, describe_validation_errors
 from llmserve.outputs import Logprob
 from llmserve.sampling_params import SamplingParams

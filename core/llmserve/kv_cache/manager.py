@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmserve.kv_cache.block_pool import BlockPool, KVBlock
+from llmserve.kv_cache.spec import KVCacheConfig
 from llmserve.kv_cache.prefix_hash import BLOCK_HASH_FUNCTIONS, update_block_hashes
 
 
@@ -61,6 +62,11 @@ class KVCacheManager:
         self._reqs: dict[str, _RequestBlocks] = {}
         self._num_queries = 0
         self._num_hits = 0
+
+    @classmethod
+    def from_config(cls, kv_config: KVCacheConfig,
+                    enable_prefix_caching: bool = True) -> "KVCacheManager":
+        return cls(kv_config.num_blocks, kv_config.block_size, enable_prefix_caching)
 
     # -- queries ------------------------------------------------------------------------
 

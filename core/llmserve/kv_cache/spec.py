@@ -1,36 +1,46 @@
-"""What each layer keeps between steps, and how many KV blocks a memory budget buys.
+"""What each layer keeps between steps (``CacheSpec``), and how a memory budget is split.
 
-A model describes every layer's cache needs with a ``CacheSpec``; the engine sums them to
-size the cache. Two shapes of need exist:
+A model reports one spec per caching layer; the engine merges what the
+``llmserve_cache_specs`` hook contributes into a registry of spec kinds and checks every
+layer's spec against it, then sizes the cache (``plan_kv_cache``) and builds one
+``KVCacheManager`` that dispatches each kind to the manager class the spec names.
 
-* Paged specs (``FullAttentionSpec``) grow with the sequence: memory is handed out in blocks of
-  ``block_size`` tokens, one block id serving the same token range in every attention layer,
-  so a request's block table is shared across layers and the block pool is sized once.
-* Per-request state specs (``PerRequestStateSpec``) do not grow with tokens: a Mamba layer
-  keeps one conv + SSM state per running request, whatever its length. These are sized in
-  *slots* (one per concurrently running sequence), not blocks.
+Two shapes of need exist:
 
-How a state-space plugin plugs in: subclass ``PerRequestStateSpec`` (e.g. ``FixedStateSpec``
-with the conv and SSM state shapes, ``state_bytes`` = their sum in bytes), return it from the
-``cache specs`` hook for its layers, reserve ``max_num_seqs * sum(state_bytes)`` out of the
-budget, and hand the rest to ``num_blocks_for_budget`` with the attention specs only. Its own
-state manager hands a slot to a request on admission and takes it back on free/preemption;
-the paged ``KVCacheManager`` is not involved. Pure-SSM models pass no paged spec at all.
+* **Paged** specs grow with the sequence. Memory is handed out in blocks of ``block_size``
+  tokens, and one block id serves the same token range in every paged layer, so a request has
+  one block table and the block pool is sized once. ``FullAttentionSpec`` keeps every block;
+  ``SlidingWindowSpec`` lets blocks that fell behind the window go back to the pool. When a
+  model mixes the two (some layers windowed, some not), the shared table must keep every block
+  for the full layers, so it is managed as full attention and the windowed layers only mask.
+* **Per-request state** specs (``PerRequestStateSpec``) do not grow with tokens: a Mamba layer
+  keeps one conv + SSM state per running request whatever its length. Their memory is one
+  *slot* per concurrently running sequence (``max_num_seqs`` slots), reserved from the budget
+  before the paged blocks get the rest; a request holds the same slot index in every state
+  layer from admission until it finishes or is preempted.
 
-No torch here: sizes are plain ints so the scheduler side stays device-agnostic.
+No torch here: sizes are plain ints, so the scheduler side stays device-agnostic.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """What one layer needs cached. Frozen so specs can be compared and used as dict keys."""
+    """What one layer needs cached. Frozen so specs compare by value and can be dict keys.
 
+    Subclasses set ``kind`` (the name they are registered under in the
+    ``llmserve_cache_specs`` hook) and ``is_paged``.
+    """
+
+    #: Registry name of this kind of cache.
+    kind: ClassVar[str] = ""
     #: True when memory grows with the token count and is handed out in blocks.
-    is_paged = True
+    is_paged: ClassVar[bool] = True
 
     @property
     def page_size_bytes(self) -> int:
@@ -40,8 +50,8 @@ class CacheSpec:
 
 
 @dataclass(frozen=True)
-class FullAttentionSpec(CacheSpec):
-    """Paged K and V for a full (causal, unwindowed) attention layer."""
+class AttentionSpec(CacheSpec):
+    """Paged K and V of an attention layer: ``[2, num_blocks, block_size, kv_heads, head]``."""
 
     block_size: int
     num_kv_heads: int
@@ -52,7 +62,7 @@ class FullAttentionSpec(CacheSpec):
         for name in ("block_size", "num_kv_heads", "head_size", "dtype_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(
-                    f"FullAttentionSpec.{name} must be >= 1, got {getattr(self, name)}")
+                    f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def page_size_bytes(self) -> int:
@@ -61,49 +71,145 @@ class FullAttentionSpec(CacheSpec):
 
 
 @dataclass(frozen=True)
-class PerRequestStateSpec(CacheSpec):
-    """Base for a fixed-size state per running request (Mamba conv + SSM state, ...).
+class FullAttentionSpec(AttentionSpec):
+    """Causal attention over the whole sequence: every block stays until the request ends."""
 
-    ``state_bytes`` is the size of one request's state for ONE layer; it never grows with the
-    sequence, so it is not paged. Subclasses may add shape fields; they must keep
-    ``state_bytes`` equal to the real footprint because the engine reserves memory from it.
+    kind: ClassVar[str] = "full_attention"
+
+
+@dataclass(frozen=True)
+class SlidingWindowSpec(AttentionSpec):
+    """Causal attention over the last ``sliding_window`` tokens (the query's own included).
+
+    A query at position ``p`` sees keys ``p - sliding_window < k <= p``, as Mistral and
+    Qwen2 define it; blocks wholly before the oldest key the next query can see are freed.
     """
 
-    is_paged = False
+    kind: ClassVar[str] = "sliding_window"
 
-    state_bytes: int
+    sliding_window: int = 0
 
     def __post_init__(self) -> None:
-        if self.state_bytes < 1:
+        super().__post_init__()
+        if self.sliding_window < 1:
             raise ValueError(
-                f"{type(self).__name__}.state_bytes must be >= 1, got {self.state_bytes}")
+                f"SlidingWindowSpec.sliding_window must be >= 1, got {self.sliding_window}")
+
+
+@dataclass(frozen=True)
+class PerRequestStateSpec(CacheSpec):
+    """A fixed-size state per running request (Mamba conv + SSM state, ...).
+
+    ``shapes`` are the state tensors of ONE request in ONE layer (e.g. the conv state and the
+    SSM state), each stored ``dtype_bytes`` per element; the runner allocates each as
+    ``[num_state_slots, *shape]``. The footprint never grows with the sequence.
+    """
+
+    kind: ClassVar[str] = "per_request_state"
+    is_paged: ClassVar[bool] = False
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtype_bytes: int
+
+    def __post_init__(self) -> None:
+        if not self.shapes or any(not s or min(s) < 1 for s in self.shapes):
+            raise ValueError(f"{type(self).__name__}.shapes must be non-empty shapes of "
+                             f"positive sizes, got {self.shapes}")
+        if self.dtype_bytes < 1:
+            raise ValueError(
+                f"{type(self).__name__}.dtype_bytes must be >= 1, got {self.dtype_bytes}")
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(math.prod(s) for s in self.shapes) * self.dtype_bytes
 
     @property
     def page_size_bytes(self) -> int:
         return self.state_bytes
 
 
-def num_blocks_for_budget(layer_specs: list[CacheSpec], budget_bytes: int) -> int:
-    """How many KV blocks fit in ``budget_bytes`` when every paged layer stores each block.
+#: The spec kinds the core contributes through ``llmserve_cache_specs``.
+BUILTIN_CACHE_SPECS: dict[str, type[CacheSpec]] = {
+    cls.kind: cls for cls in (FullAttentionSpec, SlidingWindowSpec, PerRequestStateSpec)
+}
+
+
+@dataclass(frozen=True)
+class KVCacheConfig:
+    """How the cache is laid out: what the runner allocates and the KV manager hands out.
+
+    ``layer_specs[i]`` is the spec of the i-th caching layer (the order of
+    ``ForwardContext.kv_caches``). Paged layers get ``num_blocks`` blocks each; state layers
+    get ``num_state_slots`` slots each.
+    """
+
+    layer_specs: tuple[CacheSpec, ...]
+    num_blocks: int
+    num_state_slots: int = 0
+
+    @property
+    def paged_specs(self) -> tuple[CacheSpec, ...]:
+        return tuple(s for s in self.layer_specs if s.is_paged)
+
+    @property
+    def state_specs(self) -> tuple[CacheSpec, ...]:
+        return tuple(s for s in self.layer_specs if not s.is_paged)
+
+    @property
+    def block_size(self) -> int:
+        paged = self.paged_specs
+        return paged[0].block_size if paged else 0
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.num_blocks * sum(s.page_size_bytes for s in self.paged_specs)
+                + self.num_state_slots * sum(s.page_size_bytes for s in self.state_specs))
+
+
+def check_layer_specs(layer_specs: list[CacheSpec], registry: dict[str, type]) -> None:
+    """Raise ``ValueError`` unless every spec is of a registered kind and all paged specs
+    share one block size (they share block ids)."""
+    for i, spec in enumerate(layer_specs):
+        cls = registry.get(spec.kind)
+        if cls is None or not isinstance(spec, cls):
+            raise ValueError(
+                f"layer {i} asks for a {type(spec).__name__} cache (kind {spec.kind!r}), which "
+                f"no installed plugin provides; installed cache kinds: {sorted(registry)}")
+    sizes = {s.block_size for s in layer_specs if s.is_paged}
+    if len(sizes) > 1:
+        raise ValueError(f"paged layers disagree on block_size: {sorted(sizes)}")
+
+
+def plan_kv_cache(layer_specs: list[CacheSpec], budget_bytes: int, max_num_seqs: int,
+                  num_blocks_override: int | None = None) -> KVCacheConfig:
+    """Split ``budget_bytes``: ``max_num_seqs`` state slots first, paged blocks get the rest.
 
     All paged layers share block ids, so one block costs the sum of their page sizes.
-    Per-request state specs are rejected: their memory is a per-sequence reservation the
-    caller subtracts from the budget first (see the module docstring).
+    ``num_blocks_override`` fixes the block count (tests, benchmarks) and skips the budget.
     """
     if not layer_specs:
-        raise ValueError("num_blocks_for_budget needs at least one paged layer spec")
+        raise ValueError("the model reports no caching layer")
+    paged = [s for s in layer_specs if s.is_paged]
     state = [s for s in layer_specs if not s.is_paged]
-    if state:
+    num_slots = max_num_seqs if state else 0
+    state_bytes = num_slots * sum(s.page_size_bytes for s in state)
+    if not paged:
+        num_blocks = 0
+    elif num_blocks_override is not None:
+        num_blocks = num_blocks_override
+    else:
+        bytes_per_block = sum(s.page_size_bytes for s in paged)
+        num_blocks = (budget_bytes - state_bytes) // bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(
+                f"KV cache budget of {budget_bytes} bytes is too small: "
+                f"{state_bytes} bytes of per-request state for {num_slots} sequences, and one "
+                f"block across {len(paged)} layers needs {bytes_per_block} bytes. Raise the KV "
+                f"cache memory (kv_cache_memory / gpu_memory_utilization), or lower "
+                f"max_num_seqs, the model or the block size.")
+    if state and num_blocks_override is None and state_bytes > budget_bytes:
         raise ValueError(
-            f"{type(state[0]).__name__} is a per-request state spec, not paged; reserve its "
-            f"memory (max_num_seqs * state_bytes) and pass only the paged specs here"
-        )
-    bytes_per_block = sum(s.page_size_bytes for s in layer_specs)
-    num_blocks = budget_bytes // bytes_per_block
-    if num_blocks < 1:
-        raise ValueError(
-            f"KV cache budget of {budget_bytes} bytes is too small: one block across "
-            f"{len(layer_specs)} layers needs {bytes_per_block} bytes. Raise the KV cache memory "
-            f"(kv_cache_memory / gpu_memory_utilization) or shrink the model or block size."
-        )
-    return num_blocks
+            f"KV cache budget of {budget_bytes} bytes cannot hold the per-request state of "
+            f"{num_slots} sequences ({state_bytes} bytes); lower max_num_seqs or raise the "
+            f"KV cache memory")
+    return KVCacheConfig(tuple(layer_specs), num_blocks, num_slots)

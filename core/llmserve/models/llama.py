@@ -2,8 +2,10 @@
 
 Differences between the four are all in the HF config: grouped-query heads, an explicit
 ``head_dim``, attention bias (Qwen2 always, Llama when ``attention_bias``), per-head q/k RMSNorm
-(Qwen3), tied embeddings and rope scaling. Layer and parameter names mirror the HF
-checkpoint, so loading is a name map (``STACKED_PARAMS``), not a conversion.
+(Qwen3), tied embeddings, rope scaling and sliding-window attention (Mistral's
+``sliding_window``; Qwen2's ``use_sliding_window`` from layer ``max_window_layers`` on; or the
+config's ``layer_types``). Layer and parameter names mirror the HF checkpoint, so loading is a
+name map (``STACKED_PARAMS``), not a conversion.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from llmserve.attention.backend import ForwardContext
+from llmserve.kv_cache.spec import CacheSpec, FullAttentionSpec, SlidingWindowSpec
 from llmserve.layers.activation import SiluAndMul
 from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from llmserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -54,8 +57,18 @@ class LlamaAttention(nn.Module):
         self.rotary_emb = get_rope(self.head_dim, ctx.max_position, theta, rope_params,
                                    ctx.ops)
         self.layer_idx = layer_idx
+        self.sliding_window = sliding_window_of_layer(cfg, layer_idx)
         self.attn = ctx.attn_backend(self.num_heads, self.head_dim, self.num_kv_heads,
-                                     self.head_dim ** -0.5)
+                                     self.head_dim ** -0.5,
+                                     sliding_window=self.sliding_window)
+        self.kv_dtype_bytes = ctx.dtype.itemsize
+
+    def cache_spec(self, block_size: int) -> CacheSpec:
+        shape = dict(block_size=block_size, num_kv_heads=self.num_kv_heads,
+                     head_size=self.head_dim, dtype_bytes=self.kv_dtype_bytes)
+        if self.sliding_window is None:
+            return FullAttentionSpec(**shape)
+        return SlidingWindowSpec(**shape, sliding_window=self.sliding_window)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor,
                 fctx: ForwardContext) -> torch.Tensor:
@@ -71,6 +84,25 @@ class LlamaAttention(nn.Module):
         out = self.attn.forward(q, k, v.contiguous(), fctx.kv_caches[self.layer_idx],
                                 fctx.attn_metadata)
         return self.o_proj(out.reshape(-1, q_size))
+
+
+def sliding_window_of_layer(cfg: dict[str, Any], layer_idx: int) -> int | None:
+    """The layer's attention window, or None for full attention.
+
+    ``layer_types`` (newer configs) names each layer's kind; without it, Qwen2-style configs
+    window layers ``>= max_window_layers`` when ``use_sliding_window`` is set, and Mistral
+    windows every layer when ``sliding_window`` is set.
+    """
+    window = cfg.get("sliding_window")
+    if not window:
+        return None
+    layer_types = cfg.get("layer_types")
+    if layer_types:
+        return int(window) if layer_types[layer_idx] == "sliding_attention" else None
+    if "use_sliding_window" in cfg:
+        use = cfg["use_sliding_window"] and layer_idx >= cfg.get("max_window_layers", 0)
+        return int(window) if use else None
+    return int(window)
 
 
 class LlamaMLP(nn.Module):
@@ -162,6 +194,10 @@ class LlamaForCausalLM(nn.Module):
 
     def attention_layers(self) -> list[LlamaAttention]:
         return [layer.self_attn for layer in self.model.layers]
+
+    def cache_specs(self, block_size: int) -> list[CacheSpec]:
+        """One spec per layer, in the order of ``ForwardContext.kv_caches``."""
+        return [attn.cache_spec(block_size) for attn in self.attention_layers()]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into parameters by name; returns the parameters loaded."""

@@ -51,9 +51,9 @@ class Platform:
 
     @classmethod
     def model_runner_class(cls) -> type:
-        """The model runner for this platform: ``llmserve.worker.model_runner.ModelRunner``
+        """The model runner for this platform: ``llmserve.runner.model_runner.ModelRunner``
         or a subclass (which typically overrides ``run_model``, e.g. to replay graphs)."""
-        from llmserve.worker.model_runner import ModelRunner
+        from llmserve.runner.model_runner import ModelRunner
 
         return ModelRunner
 

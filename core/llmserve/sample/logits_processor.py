@@ -10,7 +10,6 @@ Where processors run inside ``Sampler.forward``::
 
     logits -> float32 -> raw logprobs (log_softmax, if any request asked)
            -> Sampler.logits_processors, in order   (built-ins first, then plugin ones)
-           -> md.logits_processors, in order        (per-step extras, e.g. a grammar bitmask)
            -> penalties -> greedy argmax | temperature, min-p, top-k, top-p, sample
 
 So a processor never changes the logprobs a request gets back (vLLM v1's "raw logprobs"),

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sampling_params import SAMPLING_EPS, SamplingParams
 
 
@@ -116,9 +115,6 @@ class SamplingMetadata:
 
     #: (row, callables) for requests with ``SamplingParams.logits_processors``.
     request_logits_processors: list[tuple[int, list[Callable]]] = field(default_factory=list)
-    #: Extra batch-level processors for this step (e.g. structured output), run after the
-    #: sampler's own; see ``llmserve.sample.logits_processor``.
-    logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
     # The inputs, for processors that need per-request data.
     params: Sequence[SamplingParams] = ()
@@ -151,7 +147,6 @@ class SamplingMetadata:
         generators: Sequence[torch.Generator | None],
         vocab_size: int,
         device: torch.device,
-        logits_processors: Sequence[LogitsProcessor] = (),
         arrays: SamplingArrays | None = None,
     ) -> SamplingMetadata:
         """Gather the batch's settings; row i is ``params[i]``.
@@ -159,10 +154,9 @@ class SamplingMetadata:
         ``stop_token_ids[i]`` are the ids ``min_tokens`` masks (EOS unless ignored, plus the
         request's stop ids). ``generators[i]`` is the request's own generator when it has a
         seed (a generator on ``device``): the runner creates it once from the seed and keeps
-        it, so a request's draws depend on its own history only. ``logits_processors`` are
-        this step's extra batch-level processors (e.g. structured output), run after the
-        sampler's own. ``arrays``, when the caller keeps them, are the same settings as
-        per-row numpy arrays, which saves reading every ``SamplingParams`` each step.
+        it, so a request's draws depend on its own history only. ``arrays``, when the caller
+        keeps them, are the same settings as per-row numpy arrays, which saves reading every
+        ``SamplingParams`` each step.
         Raises ``ValueError`` for token ids outside the vocab.
         """
         n = len(params)
@@ -177,7 +171,6 @@ class SamplingMetadata:
             device=device,
             all_greedy=num_greedy == n,
             all_random=num_greedy == 0,
-            logits_processors=list(logits_processors),
             params=params,
             output_token_ids=output_token_ids,
             prompt_token_ids=prompt_token_ids,

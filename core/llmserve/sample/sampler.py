@@ -75,8 +75,6 @@ class Sampler:
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for proc in self.logits_processors:
             logits = proc.apply(logits, md)
-        for proc in md.logits_processors:
-            logits = proc.apply(logits, md)
         if md.penalty_rows is not None:
             logits = apply_penalties(logits, md)
         sampled = sample(logits, md)

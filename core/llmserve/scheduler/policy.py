@@ -13,7 +13,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from llmserve.engine.request import Request
+from llmserve.request import Request
 
 
 class SchedulingPolicy:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 
 from llmserve.config import SchedulerConfig
-from llmserve.engine.request import EngineCoreOutput, Request, RequestStatus
+from llmserve.request import EngineCoreOutput, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.scheduler.output import (
     CachedRequestData,

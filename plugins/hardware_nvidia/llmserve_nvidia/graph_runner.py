@@ -10,6 +10,7 @@ and their outputs are dropped. Prefill and mixed steps run eagerly.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import os
 import time
@@ -17,7 +18,8 @@ import time
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
-from llmserve.worker.model_runner import ModelRunner, StepBatch
+from llmserve.kv_cache.spec import KVCacheConfig
+from llmserve.runner.model_runner import ModelRunner, StepBatch
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,11 @@ class CudaGraphModelRunner(ModelRunner):
         torch.cuda.reset_peak_memory_stats()
         super().profile_run(num_tokens, num_seqs)
 
-    def initialize_kv_cache(self, num_blocks: int) -> None:
+    def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
         # One block more than the scheduler knows of: padded graph rows write there.
-        super().initialize_kv_cache(num_blocks + 1)
-        self.scratch_block = num_blocks
+        super().initialize_kv_cache(dataclasses.replace(kv_config,
+                                                        num_blocks=kv_config.num_blocks + 1))
+        self.scratch_block = kv_config.num_blocks
 
     # ---- capture --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ not a power of two are padded inside the kernel), so no fallback rule is needed 
 
 from __future__ import annotations
 
-from llmserve.plugins import hookimpl
+from llmserve import hookimpl
 
 
 @hookimpl

@@ -25,7 +25,7 @@ def read_generation_config(model_dir: str) -> dict[str, Any]:
 
 
 @dataclass
-class FrontendInfo:
+class InputProcessor:
     """The front end's view of a resolved engine (nothing here needs the model weights)."""
 
     tokenizer: Any
@@ -51,7 +51,7 @@ class FrontendInfo:
         check_token_ids(params, self.vocab_size)
 
 
-def load_frontend(resolved) -> FrontendInfo:
+def load_input_processor(resolved) -> InputProcessor:
     """Tokenizer, EOS ids and sampling defaults of a ``ResolvedEngine``."""
     from llmserve.tokenizer import eos_token_ids, load_tokenizer
 
@@ -64,7 +64,7 @@ def load_frontend(resolved) -> FrontendInfo:
     else:
         tokenizer = load_tokenizer(config.model.tokenizer)
         eos_ids = eos_token_ids(tokenizer, gen.get("eos_token_id"))
-    return FrontendInfo(
+    return InputProcessor(
         tokenizer=tokenizer,
         eos_token_ids=eos_ids,
         vocab_size=resolved.hf_config["vocab_size"],

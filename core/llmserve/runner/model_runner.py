@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
+from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
-from llmserve.worker.input_batch import PLACEHOLDER, InputBatch
+from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
 
 #: Sampling features that read a request's output tokens on the host.
 OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
@@ -75,18 +76,26 @@ class ModelRunner:
 
     # ---- set-up -------------------------------------------------------------------------
 
-    def kv_cache_layer_shapes(self) -> list[tuple[int, int]]:
-        """(num_kv_heads, head_dim) of each attention layer, in layer order."""
-        return [(a.num_kv_heads, a.head_dim) for a in self.model.attention_layers()]
+    def cache_specs(self) -> list[CacheSpec]:
+        """What each caching layer of the model keeps, in ``ForwardContext.kv_caches`` order."""
+        return self.model.cache_specs(self.block_size)
 
-    def initialize_kv_cache(self, num_blocks: int) -> None:
+    def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
+        """Allocate every layer's cache as the plan says: paged K/V per attention layer (in
+        the backend's layout), ``[num_state_slots, *shape]`` tensors per state layer."""
         # Zero-filled: masked-out slots are multiplied by zero weights, and stale finite values
         # are harmless where uninitialised memory could hold NaN.
-        self.kv_caches = [
-            torch.zeros(self.attn_backend.kv_cache_shape(num_blocks, self.block_size, kvh, d),
-                        dtype=self.dtype, device=self.device)
-            for kvh, d in self.kv_cache_layer_shapes()
-        ]
+        caches = []
+        for spec in kv_config.layer_specs:
+            if spec.is_paged:
+                shape = self.attn_backend.kv_cache_shape(kv_config.num_blocks, spec.block_size,
+                                                         spec.num_kv_heads, spec.head_size)
+                caches.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
+            else:
+                caches.append([torch.zeros((kv_config.num_state_slots, *shape),
+                                           dtype=self.dtype, device=self.device)
+                               for shape in spec.shapes])
+        self.kv_caches = caches
 
     def warm_up(self) -> None:
         """Called once after the KV cache exists, before serving; platform runners capture
@@ -109,7 +118,8 @@ class ModelRunner:
         slots = (first_block[seq_of_token] + positions // bs) * bs + positions % bs
         tables = first_block[:, None] + np.arange(int(blocks_per_seq.max()))[None, :]
         saved = self.kv_caches
-        self.initialize_kv_cache(int(blocks_per_seq.sum()))
+        self.initialize_kv_cache(KVCacheConfig(tuple(self.cache_specs()),
+                                               int(blocks_per_seq.sum()), num_seqs))
         try:
             dev = self.device
             md = AttentionMetadata(

@@ -1,0 +1,1 @@
+"""The model runner: turns a scheduler output into one forward pass and sampled tokens."""
