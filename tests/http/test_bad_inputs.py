@@ -164,7 +164,9 @@ def test_api_key_from_environment(start_server):
 
     responses = asyncio.run(flood())
     codes = sorted(r.status_code for r in responses)
-    assert codes.count(200) >= 2 and 503 in codes, codes
+    # How many are served depends on when each reaches the core (a second one may arrive
+    # while the first still waits); eight at once cannot all fit in one running + one waiting.
+    assert set(codes) == {200, 503}, codes
     full = next(r for r in responses if r.status_code == 503)
     assert "waiting queue is full" in full.json()["error"]["message"]
     assert full.json()["error"]["type"] == "ServiceUnavailableError"
