@@ -70,9 +70,9 @@ def llmserve_structured_output_backends():
 
 @hookimpl
 def llmserve_cache_specs():
-    from llmserve.kv_cache.spec import FullAttentionSpec
+    from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS
 
-    return {"full_attention": FullAttentionSpec}
+    return dict(BUILTIN_CACHE_SPECS)
 
 
 @hookimpl

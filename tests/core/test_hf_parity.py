@@ -12,67 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llmserve import LLM, SamplingParams
+from llmserve.plugin_testing.hf_parity import (
+    LOGPROB_TOL,
+    assert_greedy_matches as assert_matches,
+    greedy_params,
+    hf_greedy_reference as hf_reference,
+    parity_prompts as make_prompts,
+)
 from llmserve.testing import TINY_ARCHITECTURES as ARCHITECTURES
-
-NEW_TOKENS = 32
-TOP = 5
-LOGPROB_TOL = 1e-3
-
-
-def make_prompts(vocab_size: int) -> list[list[int]]:
-    """Prompts from 1 token to several 16-token blocks long, plus two sharing a prefix."""
-    g = torch.Generator().manual_seed(1234)
-    lengths = [1, 5, 15, 16, 17, 33, 48, 70]
-    prompts = [torch.randint(4, vocab_size, (n,), generator=g).tolist() for n in lengths]
-    shared = torch.randint(4, vocab_size, (40,), generator=g).tolist()
-    prompts.append(shared + [7, 8, 9])
-    prompts.append(shared + [10, 11])
-    return prompts
-
-
-def hf_reference(model_dir: str, prompts: list[list[int]]):
-    """Greedy continuation with full-sequence forwards: (token ids, [(topk ids, topk lps)])."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    results = []
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
-            past = None
-            tokens, tops = [], []
-            step_input = ids
-            for _ in range(NEW_TOKENS):
-                out = model(step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                top = torch.topk(lp, TOP)
-                nxt = int(top.indices[0])
-                tokens.append(nxt)
-                tops.append((top.indices.tolist(), top.values.tolist()))
-                step_input = torch.tensor([[nxt]])
-            results.append((tokens, tops))
-    return results
-
-
-def assert_matches(ours, reference, label: str) -> None:
-    ref_tokens, ref_tops = reference
-    assert len(ours.token_ids) == NEW_TOKENS, label
-    for t, (tok, ref_tok) in enumerate(zip(ours.token_ids, ref_tokens)):
-        our_pos = ours.logprobs[t]
-        our_top = sorted(((lp.rank, tid, lp.logprob) for tid, lp in our_pos.items()
-                          if lp.rank is not None and lp.rank <= TOP))
-        ref_ids, ref_lps = ref_tops[t]
-        if tok != ref_tok:
-            our_top_ids = [tid for _, tid, _ in our_top]
-            assert tok in ref_ids and ref_tok in our_top_ids, (
-                f"{label}: token {t} diverged ({tok} vs HF {ref_tok}) beyond a near-tie")
-            return
-        # Compare the top-5 values position by position (ids may swap only within rounding).
-        ours_vals = [lp for _, _, lp in our_top][:TOP]
-        assert len(ours_vals) == TOP, f"{label}: token {t} has {len(ours_vals)} top logprobs"
-        for a, b in zip(ours_vals, ref_lps):
-            assert abs(a - b) < LOGPROB_TOL, f"{label}: token {t} logprob {a} vs HF {b}"
-        assert abs(our_pos[tok].logprob - ref_lps[0]) < LOGPROB_TOL, label
-
 
 @pytest.fixture(scope="module")
 def references(tiny_models, bpe_tokenizer):
@@ -80,7 +27,7 @@ def references(tiny_models, bpe_tokenizer):
     return prompts, {arch: hf_reference(path, prompts) for arch, path in tiny_models.items()}
 
 
-GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=TOP, ignore_eos=True)
+GREEDY = greedy_params()
 
 SCENARIOS = {
     "plain": dict(),

@@ -69,7 +69,8 @@ class EngineCore:
         if cfg.scheduler.policy not in policies:
             raise ValueError(f"scheduling_policy must be one of {sorted(policies)}, got "
                              f"{cfg.scheduler.policy!r}")
-        self.kv_manager = KVCacheManager.from_config(kv_config, cfg.cache.enable_prefix_caching)
+        self.kv_manager = KVCacheManager.from_config(kv_config, block_size,
+                                                     cfg.cache.enable_prefix_caching)
         self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).

@@ -1,9 +1,18 @@
-"""Per-request block tables over one ``BlockPool``, with automatic prefix caching.
+"""Per-request block tables over one ``BlockPool``, with automatic prefix caching, and the
+per-request state slots of state layers.
 
 The scheduler asks, per request and step, for room to compute ``num_new_tokens`` more tokens;
 the manager appends blocks to the request's table (check first, then act: on failure nothing
 changes) and registers each block that becomes full under its prefix hash, so later requests
 with the same prefix reuse it. Requests sharing a prefix share block ids (reference counted).
+
+What the manager does per cache kind is decided once, from the layers' specs
+(``KVCacheManager.from_config``): the paged layers share one block table whose retention rule
+(``llmserve.kv_cache.retention``) says which leading blocks may go back to the pool (none for
+full attention, those behind the window for sliding-window attention); state layers get one
+slot per running request (``StateSlotPool``). A freed leading block leaves a hole in the table
+(``None`` here, ``NULL_BLOCK_ID`` towards the runner): positions keep their table index, and
+no kernel reads behind its window.
 
 Plain ints and lists only: no torch, so the scheduler and this can be tested alone.
 """
@@ -14,8 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmserve.kv_cache.block_pool import BlockPool, KVBlock
-from llmserve.kv_cache.spec import KVCacheConfig
 from llmserve.kv_cache.prefix_hash import BLOCK_HASH_FUNCTIONS, update_block_hashes
+from llmserve.kv_cache.retention import FullRetention, retention_for
+from llmserve.kv_cache.spec import KVCacheConfig
+from llmserve.kv_cache.state_slots import StateSlotPool
+
+#: Block id the runner sees where a block behind the window was freed: any valid id does,
+#: since nothing reads it.
+NULL_BLOCK_ID = 0
 
 
 @dataclass(frozen=True)
@@ -31,16 +46,19 @@ class PrefixCacheStats:
 
 
 class _RequestBlocks:
-    __slots__ = ("blocks", "num_cached_blocks")
+    __slots__ = ("blocks", "num_cached_blocks", "num_dropped")
 
     def __init__(self) -> None:
-        self.blocks: list[KVBlock] = []
+        #: The block table; leading entries are None once freed behind a sliding window.
+        self.blocks: list[KVBlock | None] = []
         #: Leading blocks already registered in (or taken from) the prefix cache.
         self.num_cached_blocks = 0
+        #: Leading blocks given back because no query will read them again.
+        self.num_dropped = 0
 
 
 class KVCacheManager:
-    """Paged KV allocation for full-attention layers (one block table per request)."""
+    """Paged KV allocation (one block table per request) and per-request state slots."""
 
     def __init__(
         self,
@@ -48,7 +66,13 @@ class KVCacheManager:
         block_size: int,
         enable_prefix_caching: bool = True,
         hash_algo: str = "sha256",
+        retention: FullRetention | None = None,
+        num_state_slots: int = 0,
+        has_paged_layers: bool = True,
     ) -> None:
+        """``retention`` is the paged layers' rule (full attention by default);
+        ``num_state_slots`` > 0 adds a slot per running request for state layers; a model
+        with no paged layer at all (pure state) passes ``has_paged_layers=False``."""
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if hash_algo not in BLOCK_HASH_FUNCTIONS:
@@ -57,6 +81,10 @@ class KVCacheManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.retention = retention if retention is not None else FullRetention()
+        self._window = self.retention.window
+        self.state_slots = StateSlotPool(num_state_slots) if num_state_slots else None
+        self.has_paged_layers = has_paged_layers
         self.block_pool = BlockPool(num_blocks, enable_prefix_caching)
         self._hash_fn = BLOCK_HASH_FUNCTIONS[hash_algo]
         self._reqs: dict[str, _RequestBlocks] = {}
@@ -64,9 +92,19 @@ class KVCacheManager:
         self._num_hits = 0
 
     @classmethod
-    def from_config(cls, kv_config: KVCacheConfig,
+    def from_config(cls, kv_config: KVCacheConfig, block_size: int,
                     enable_prefix_caching: bool = True) -> "KVCacheManager":
-        return cls(kv_config.num_blocks, kv_config.block_size, enable_prefix_caching)
+        """The manager for a planned cache, dispatching on the layers' spec kinds.
+
+        Prefix caching is off when state layers exist: a prefix hit would skip computing the
+        state of the prefix, which no block holds.
+        """
+        state = bool(kv_config.state_specs)
+        paged = bool(kv_config.paged_specs)
+        return cls(kv_config.num_blocks if paged else 1, block_size,
+                   enable_prefix_caching and not state,
+                   retention=retention_for(kv_config.paged_specs),
+                   num_state_slots=kv_config.num_state_slots, has_paged_layers=paged)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -83,14 +121,25 @@ class KVCacheManager:
     def prefix_cache_stats(self) -> PrefixCacheStats:
         return PrefixCacheStats(self._num_queries, self._num_hits)
 
-    def can_ever_fit(self, num_tokens: int) -> bool:
-        """Whether a sequence of ``num_tokens`` fits in the whole cache with nothing else in it."""
-        return -(-num_tokens // self.block_size) <= self.num_blocks
+    def can_ever_fit(self, num_tokens: int, max_chunk: int | None = None) -> bool:
+        """Whether a sequence of ``num_tokens``, computed in chunks of at most ``max_chunk``
+        tokens (default: all at once), fits in the whole cache with nothing else in it."""
+        if not self.has_paged_layers:
+            return True
+        chunk = num_tokens if max_chunk is None else max_chunk
+        return self.retention.max_blocks_at_once(num_tokens, chunk,
+                                                 self.block_size) <= self.num_blocks
 
     def get_block_ids(self, request_id: str) -> list[int]:
         """The request's block table (a new list; empty for an unknown request)."""
         state = self._reqs.get(request_id)
-        return [] if state is None else [b.block_id for b in state.blocks]
+        if state is None:
+            return []
+        return [NULL_BLOCK_ID if b is None else b.block_id for b in state.blocks]
+
+    def get_state_slot(self, request_id: str) -> int | None:
+        """The request's state slot, or None (no state layers, or not admitted)."""
+        return None if self.state_slots is None else self.state_slots.get(request_id)
 
     def get_computed_blocks(self, request) -> tuple[list[int], int]:
         """Longest chain of cached full blocks that prefix ``request``'s tokens.
@@ -131,6 +180,8 @@ class KVCacheManager:
         Blocks that become full once these tokens are computed are registered in the prefix
         cache right away (the step computing them runs before any later lookup reads them).
         """
+        if not self.has_paged_layers:
+            return self._allocate_state_only(request.request_id)
         bs = self.block_size
         rid = request.request_id
         state = self._reqs.get(rid)
@@ -138,6 +189,9 @@ class KVCacheManager:
         num_held = 0 if state is None else len(state.blocks)
         caching = self.enable_prefix_caching
         num_tokens = len(request.all_token_ids)
+
+        if state is not None and self._window is not None:
+            self._drop_unneeded(state, request.num_computed_tokens)
 
         # Fast path: a decode step inside the last block, no block filled up.
         if (state is not None and not new_computed_block_ids and end <= num_held * bs
@@ -154,8 +208,13 @@ class KVCacheManager:
         num_revived = sum(1 for b in hits if b.ref_cnt == 0)
         if num_new_blocks + num_revived > pool.num_free_blocks:
             return None
+        slots = self.state_slots
+        if slots is not None and not slots.can_allocate(rid):
+            return None
 
         if state is None:
+            if slots is not None:
+                slots.allocate(rid)
             state = self._reqs[rid] = _RequestBlocks()
             if caching and request.sampling_params.prompt_logprobs is None:
                 self._num_queries += num_tokens
@@ -166,6 +225,9 @@ class KVCacheManager:
             state.num_cached_blocks = len(hits)
         new_blocks = pool.get_new_blocks(num_new_blocks) if num_new_blocks else []
         state.blocks.extend(new_blocks)
+        if self._window is not None and hits:
+            # Hit blocks behind the window of the first token to compute go straight back.
+            self._drop_unneeded(state, request.num_computed_tokens + len(hits) * bs)
 
         if caching:
             num_full = min(end, num_tokens) // bs
@@ -184,15 +246,40 @@ class KVCacheManager:
         preempted before the step ran, with ``num_computed_tokens`` rolled back) lose their
         hash first: their K/V were never written. Unknown requests are ignored.
         """
+        if self.state_slots is not None:
+            self.state_slots.free(request.request_id)
         state = self._reqs.pop(request.request_id, None)
         if state is None:
             return
         blocks = state.blocks
         pool = self.block_pool
-        for i in range(request.num_computed_tokens // self.block_size, state.num_cached_blocks):
+        for i in range(max(request.num_computed_tokens // self.block_size, state.num_dropped),
+                       state.num_cached_blocks):
             if blocks[i].ref_cnt == 1:
                 pool.uncache_block(blocks[i])
-        pool.free_blocks(reversed(blocks))
+        pool.free_blocks(reversed(blocks[state.num_dropped:]))
+
+    def _allocate_state_only(self, request_id: str) -> list[int] | None:
+        slots = self.state_slots
+        if slots is None or not slots.can_allocate(request_id):
+            return None
+        slots.allocate(request_id)
+        return []
+
+    def _drop_unneeded(self, state: _RequestBlocks, num_computed_tokens: int) -> None:
+        """Give back the leading blocks the retention rule no longer needs. Always safe:
+        ``num_computed_tokens`` only grows while the request holds blocks."""
+        first_needed = min(self.retention.num_unneeded_blocks(num_computed_tokens,
+                                                              self.block_size),
+                           len(state.blocks))
+        if first_needed <= state.num_dropped:
+            return
+        blocks = state.blocks
+        dropped = blocks[state.num_dropped:first_needed]
+        blocks[state.num_dropped:first_needed] = [None] * len(dropped)
+        state.num_dropped = first_needed
+        # Chain tails first, as in free(): the head of a prefix stays cached longest.
+        self.block_pool.free_blocks(reversed(dropped))
 
     def reset_prefix_cache(self) -> bool:
         """Forget all cached prefixes; blocks in use stay with their requests."""

@@ -28,6 +28,8 @@ class NewRequestData:
     #: Token ids that end the request (EOS unless ignore_eos, plus stop_token_ids); the
     #: sampler masks them until ``min_tokens`` is reached.
     stop_token_ids: frozenset[int] = frozenset()
+    #: The request's slot in every per-request-state layer (None without such layers).
+    state_slot: Optional[int] = None
 
 
 @dataclass

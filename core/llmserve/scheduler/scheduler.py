@@ -140,7 +140,7 @@ class Scheduler:
                 continue
             new_ids = kv.allocate_slots(request, num_new)
             while new_ids is None:
-                if not kv.can_ever_fit(request.num_computed_tokens + num_new):
+                if not kv.can_ever_fit(request.num_computed_tokens + num_new, num_new):
                     running.pop(i)
                     self._abort_unfittable(request)
                     break
@@ -194,9 +194,10 @@ class Scheduler:
         kv = self.kv_cache_manager
         policy = self.policy
         running = self.running
+        max_chunk = self.max_num_batched_tokens if self.enable_chunked_prefill else None
         while budget > 0 and len(running) < self.max_num_seqs and len(policy):
             request = policy.peek()
-            if not kv.can_ever_fit(request.num_tokens):
+            if not kv.can_ever_fit(request.num_tokens, max_chunk):
                 policy.pop()
                 self._abort_unfittable(request)
                 continue
@@ -224,6 +225,7 @@ class Scheduler:
                 block_ids=kv.get_block_ids(rid),
                 num_computed_tokens=num_hit,
                 stop_token_ids=request.stop_token_ids,
+                state_slot=kv.get_state_slot(rid),
             ))
             num_scheduled[rid] = num_new
             request.num_computed_tokens = num_hit + num_new
