@@ -25,6 +25,7 @@ import pytest
 from llmserve import hookspecs
 from llmserve.cli.command import CliCommand
 from llmserve.cli.main import build_parser, main
+from llmserve.platforms.base import Platform
 from llmserve.plugin_testing import (  # noqa: F401  (fixtures)
     add_plugin,
     fresh_plugin_manager,
@@ -40,6 +41,7 @@ from llmserve.plugins import (
     plugin_infos,
     register_plugin,
 )
+from llmserve.scheduler.policy import FCFSPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_DOCS = REPO / "docs" / "plugins" / "hooks"
@@ -66,14 +68,24 @@ packages = ["{package}"]
 
 GOOD_PLUGIN = """\
 from llmserve.plugins import hookimpl
+from llmserve.scheduler.policy import FCFSPolicy
+
+LLMSERVE_PLUGIN_API = ">=1.0,<2"
 
 
 class ToyForCausalLM:
-    pass
+    # The CausalLM protocol's methods; the discovery tests never build the model.
+    def __init__(self, cfg, ctx): ...
+    @classmethod
+    def build_context_flags(cls, cfg): return {}
+    def forward(self, input_ids, positions, fctx): ...
+    def compute_logits(self, hidden): ...
+    def cache_specs(self, block_size): return []
+    def load_weights(self, weights): return set()
 
 
-class LifoPolicy:
-    pass
+class LifoPolicy(FCFSPolicy):
+    name = "toy-lifo"
 
 
 @hookimpl
@@ -93,6 +105,8 @@ BROKEN_MODULES = {
     "misspelled": textwrap.dedent("""\
         from llmserve.plugins import hookimpl
 
+        LLMSERVE_PLUGIN_API = ">=1.0"
+
         @hookimpl
         def llmserve_model_architecture():
             return {"Typo": object}
@@ -100,6 +114,8 @@ BROKEN_MODULES = {
     # A parameter the hookspec does not have.
     "badsig": textwrap.dedent("""\
         from llmserve.plugins import hookimpl
+
+        LLMSERVE_PLUGIN_API = ">=1.0"
 
         @hookimpl
         def llmserve_select_attention_backend(platform_name, device_count):
@@ -130,8 +146,10 @@ class PluginEnv:
 
     def run(self, args: list[str], plugins: str | None = None, trace: bool = False,
             check: bool = True) -> subprocess.CompletedProcess:
+        # PYTHONPATH is kept: where it puts a checkout's sources first, those are what
+        # the test runs, not the copy the site directories' editable installs point to.
         env = {k: v for k, v in os.environ.items()
-               if k not in ("LLMSERVE_PLUGINS", "LLMSERVE_TRACE_HOOKS", "PYTHONPATH")}
+               if k not in ("LLMSERVE_PLUGINS", "LLMSERVE_TRACE_HOOKS")}
         if plugins is not None:
             env["LLMSERVE_PLUGINS"] = plugins
         if trace:
@@ -260,7 +278,7 @@ def test_llmserve_plugins_warns_about_unknown_names(plugin_env):
 def test_plugins_command_lists_version_and_contributions(plugin_env):
     proc = plugin_env.run(["-m", "llmserve.cli.main", "plugins"])
     lines = proc.stdout.splitlines()
-    start = lines.index(f"toy 0.3.1 ({GOOD_DIST})")
+    start = lines.index(f"toy 0.3.1 ({GOOD_DIST}), plugin API >=1.0,<2")
     block = lines[start + 1:start + 3]
     assert block == ["  model_architectures: ToyForCausalLM",
                      "  scheduling_policies: toy-lifo"]
@@ -281,6 +299,7 @@ def test_plugins_command_json(plugin_env):
     assert toy["provides"] == {"llmserve_model_architectures": ["ToyForCausalLM"],
                                "llmserve_scheduling_policies": ["toy-lifo"]}
     assert toy["errors"] == {}
+    assert toy["plugin_api"] == ">=1.0,<2"
     default = by_name["llmserve.default_plugins"]
     assert default["version"] == "builtin"
     assert "plugins" in default["provides"]["llmserve_cli_commands"]
@@ -344,9 +363,14 @@ def _plugin(**hooks) -> object:
         for name, fn in hooks.items()})()
 
 
-class A: ...
-class B: ...
-class C: ...
+# Registry entries must be of their hook's type (llmserve.plugins.ENTRY_TYPES): policies
+# here, platforms in the list tests.
+class A(FCFSPolicy): ...
+class B(FCFSPolicy): ...
+class C(FCFSPolicy): ...
+class PlatformA(Platform): ...
+class PlatformB(Platform): ...
+class PlatformC(Platform): ...
 
 
 POLICIES = "llmserve_scheduling_policies"
@@ -429,9 +453,9 @@ def test_collect_list_order_and_key_dedup(caplog):
     register_plugin(pm, _plugin(llmserve_cli_commands=lambda: [first]), "core",
                     PluginSource(is_default=True))
     register_plugin(pm, _plugin(llmserve_cli_commands=lambda: [second]), "p1")
-    register_plugin(pm, _plugin(llmserve_platforms=lambda: [A, B]), "p2")
-    register_plugin(pm, _plugin(llmserve_platforms=lambda: [C]), "p3")
-    assert collect_list(pm, "llmserve_platforms") == [A, B, C]
+    register_plugin(pm, _plugin(llmserve_platforms=lambda: [PlatformA, PlatformB]), "p2")
+    register_plugin(pm, _plugin(llmserve_platforms=lambda: [PlatformC]), "p3")
+    assert collect_list(pm, "llmserve_platforms") == [PlatformA, PlatformB, PlatformC]
     assert collect_list(pm, "llmserve_cli_commands") == [first, second]
     with caplog.at_level(logging.WARNING, logger="llmserve.plugins"):
         assert collect_list(pm, "llmserve_cli_commands", key=lambda c: c.name) == [second]
@@ -500,8 +524,7 @@ def test_default_plugins_implement_the_core_hooks():
     implemented = {caller.name for caller in pm.get_hookcallers(plugin)}
     assert implemented == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
-        "llmserve_scheduling_policies", "llmserve_logits_processors",
-        "llmserve_structured_output_backends", "llmserve_cache_specs",
+        "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
         "llmserve_cli_commands",
     }
 
@@ -526,8 +549,8 @@ def _hookspec_names() -> list[str]:
 def test_hookspec_catalogue():
     assert set(_hookspec_names()) == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
-        "llmserve_scheduling_policies", "llmserve_logits_processors",
-        "llmserve_structured_output_backends", "llmserve_cache_specs", "llmserve_cli_commands",
+        "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
+        "llmserve_cli_commands",
         "llmserve_http_routes", "llmserve_select_attention_backend", "llmserve_engine_started",
     }
     pm = get_plugin_manager(load_entry_points=False, default_plugins=False)

@@ -70,7 +70,8 @@ class EngineCore:
             raise ValueError(f"scheduling_policy must be one of {sorted(policies)}, got "
                              f"{cfg.scheduler.policy!r}")
         self.kv_manager = KVCacheManager.from_config(kv_config, cfg.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
+        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager,
+                                   policies[cfg.scheduler.policy](cfg.scheduler))
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).
         self._in_flight = None
