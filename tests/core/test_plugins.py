@@ -1,20 +1,14 @@
 """Plugin discovery, registries, the ``llmserve`` CLI and the hook documentation.
 
-The discovery tests pip-install two throwaway plugin distributions (editable, offline) into a
-private virtual environment layered over this interpreter's site-packages, and look at them
-from fresh interpreters: entry points are read at interpreter start, and installing into the
-shared environment would show half-installed test plugins to anyone else running llmserve.
+The discovery tests pip-install two throwaway plugin distributions into a private virtual
+environment (``plugin_dists``) and look at them from fresh interpreters.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import site
-import subprocess
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -42,6 +36,7 @@ from llmserve.plugins import (
     register_plugin,
 )
 from llmserve.scheduler.policy import FCFSPolicy
+from plugin_dists import PluginEnv, make_plugin_env, write_dist
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_DOCS = REPO / "docs" / "plugins" / "hooks"
@@ -49,26 +44,10 @@ HOOK_DOCS = REPO / "docs" / "plugins" / "hooks"
 GOOD_DIST = "llmserve-testplugin-good"
 BROKEN_DIST = "llmserve-testplugin-broken"
 
-PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{dist}"
-version = "{version}"
-requires-python = ">=3.10"
-
-[project.entry-points.llmserve]
-{entry_points}
-
-[tool.setuptools]
-packages = ["{package}"]
-"""
-
 GOOD_PLUGIN = """\
 from llmserve.plugins import hookimpl
 from llmserve.scheduler.policy import FCFSPolicy
+from plugin_dists import PluginEnv, make_plugin_env, write_dist
 
 LLMSERVE_PLUGIN_API = ">=1.0,<2"
 
@@ -124,66 +103,12 @@ BROKEN_MODULES = {
 }
 
 
-def _write_dist(root: Path, dist: str, version: str, modules: dict[str, str]) -> Path:
-    package = dist.replace("-", "_")
-    (root / package).mkdir(parents=True)
-    (root / package / "__init__.py").write_text("")
-    for module, source in modules.items():
-        (root / package / f"{module}.py").write_text(source)
-    entry_points = "\n".join(f'{name} = "{package}.{name}"' for name in modules)
-    (root / "pyproject.toml").write_text(PYPROJECT.format(
-        dist=dist, version=version, entry_points=entry_points, package=package))
-    return root
-
-
-class PluginEnv:
-    """A virtual environment that sees this interpreter's packages plus the test plugins."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        bin_dir = "Scripts" if os.name == "nt" else "bin"
-        self.python = str(root / bin_dir / ("python.exe" if os.name == "nt" else "python"))
-
-    def run(self, args: list[str], plugins: str | None = None, trace: bool = False,
-            check: bool = True) -> subprocess.CompletedProcess:
-        # PYTHONPATH is kept: where it puts a checkout's sources first, those are what
-        # the test runs, not the copy the site directories' editable installs point to.
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LLMSERVE_PLUGINS", "LLMSERVE_TRACE_HOOKS")}
-        if plugins is not None:
-            env["LLMSERVE_PLUGINS"] = plugins
-        if trace:
-            env["LLMSERVE_TRACE_HOOKS"] = "1"
-        proc = subprocess.run([self.python, *args], env=env, capture_output=True, text=True,
-                              timeout=300)
-        if check:
-            assert proc.returncode == 0, proc.stderr
-        return proc
-
-    def run_script(self, source: str, **kwargs) -> tuple[dict, str]:
-        proc = self.run(["-c", textwrap.dedent(source)], **kwargs)
-        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
-
-
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> PluginEnv:
     tmp = tmp_path_factory.mktemp("plugins")
-    env = PluginEnv(tmp / "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env.root)], check=True)
-    # Layer the venv over every site directory of this interpreter (which may itself be a
-    # venv): addsitedir also runs their .pth files, which is what editable installs rely on.
-    site_dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()]
-                 if os.path.isdir(d)]
-    venv_site = subprocess.run(
-        [env.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    Path(venv_site, "_llmserve_parent_site.pth").write_text(
-        "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in site_dirs) + "\n")
-
-    good = _write_dist(tmp / "good", GOOD_DIST, "0.3.1", {"toy": GOOD_PLUGIN})
-    broken = _write_dist(tmp / "broken", BROKEN_DIST, "0.0.1", BROKEN_MODULES)
-    env.run(["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-             "--disable-pip-version-check", "-e", str(good), "-e", str(broken)])
+    good = write_dist(tmp / "good", GOOD_DIST, "0.3.1", {"toy": GOOD_PLUGIN})
+    broken = write_dist(tmp / "broken", BROKEN_DIST, "0.0.1", BROKEN_MODULES)
+    env = make_plugin_env(tmp / "venv", [good, broken])
     yield env
     env.run(["-m", "pip", "uninstall", "--quiet", "-y", GOOD_DIST, BROKEN_DIST], check=False)
 
