@@ -364,13 +364,11 @@ def _checked(contribution: _Contribution, hook_name: str, kind: type, kind_name:
     return False
 
 
-def _is_valid_entry(contribution: _Contribution, hook_name: str, label: str, value: Any) -> bool:
-    """Check one entry against ``ENTRY_TYPES``: a wrong one from a third-party plugin is
-    logged and left out, one from the core's defaults raises ``TypeError``."""
-    entry_type = ENTRY_TYPES.get(hook_name)
-    if entry_type is None:
-        return True
-    problem = _entry_problem(value, entry_type.resolve(), entry_type.instances)
+def _is_valid_entry(contribution: _Contribution, hook_name: str, label: str, value: Any,
+                    base: type, instances: bool) -> bool:
+    """Check one entry: a wrong one from a third-party plugin is logged and left out, one
+    from the core's defaults raises ``TypeError``."""
+    problem = _entry_problem(value, base, instances)
     if problem is None:
         return True
     message = (f"llmserve plugin {contribution.plugin_name!r}: {hook_name} entry {label!r} "
@@ -415,14 +413,20 @@ def _describe(value: Any) -> str:
 
 
 def _valid_entries(contribution: _Contribution, hook_name: str) -> _Contribution:
-    """The contribution with its entries of the wrong type left out."""
+    """The contribution with its entries that are not of the hook's ``ENTRY_TYPES`` left out."""
+    entry_type = ENTRY_TYPES.get(hook_name)
+    if entry_type is None:
+        return contribution
+    base, instances = entry_type.resolve(), entry_type.instances
     value = contribution.value
     if isinstance(value, Mapping):
         kept: Any = {name: entry for name, entry in value.items()
-                     if _is_valid_entry(contribution, hook_name, str(name), entry)}
+                     if _is_valid_entry(contribution, hook_name, str(name), entry, base,
+                                        instances)}
     else:
         kept = [item for item in value
-                if _is_valid_entry(contribution, hook_name, _entry_name(item), item)]
+                if _is_valid_entry(contribution, hook_name, _entry_name(item), item, base,
+                                   instances)]
     return _Contribution(contribution.plugin_name, contribution.is_default, kept)
 
 

@@ -47,7 +47,6 @@ BROKEN_DIST = "llmserve-testplugin-broken"
 GOOD_PLUGIN = """\
 from llmserve.plugins import hookimpl
 from llmserve.scheduler.policy import FCFSPolicy
-from plugin_dists import PluginEnv, make_plugin_env, write_dist
 
 LLMSERVE_PLUGIN_API = ">=1.0,<2"
 
