@@ -64,11 +64,6 @@ def llmserve_logits_processors():
 
 
 @hookimpl
-def llmserve_structured_output_backends():
-    return {}
-
-
-@hookimpl
 def llmserve_cache_specs():
     from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS
 

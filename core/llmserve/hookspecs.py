@@ -21,10 +21,28 @@ Rules every hook follows: it receives the smallest objects it needs (a frozen co
 never the engine; it returns values and never edits shared state in place; implementations may
 accept a subset of the parameters, so new parameters can be added without breaking plugins.
 
+**Types.** Each contribute hook's return annotation is its contract, and the core enforces it
+entry by entry when it builds a registry (``llmserve.plugins.ENTRY_TYPES``): an entry of the
+wrong type from a third-party plugin is logged and skipped (its other entries still count), one
+from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
+the plugin API (``llmserve.plugin_api``).
+
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.0"``) versions this catalogue and the
+modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
+entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
+a warning, and without a declaration it loads with a warning.
+
+**Deprecations.** Nothing is removed without warning. A hook, or a parameter of one, is
+deprecated for at least one minor release of the plugin API before it is removed (which bumps
+the major version): the spec gains ``warn_on_impl=DeprecationWarning("...")`` (a hook) or
+``warn_on_impl_args={"name": DeprecationWarning("...")}`` (a parameter), so pluggy warns every
+plugin that implements it when the plugin is registered, and the hook's docstring says what to
+use instead and in which version it goes.
+
 Plugin managers are built per process (``llmserve.plugins.get_plugin_manager``): when serving,
-the HTTP front end, the engine core and each worker build their own from the installed entry
-points. A plugin registered by hand in one process is therefore not seen in the others; ship
-it as an entry point in the group ``llmserve``.
+the HTTP front-end process and the engine-core process (which builds and runs the model) build
+their own from the installed entry points. A plugin registered by hand in one process is
+therefore not seen in the other; ship it as an entry point in the group ``llmserve``.
 """
 
 from __future__ import annotations
@@ -34,9 +52,14 @@ from typing import TYPE_CHECKING, Any
 from llmserve.plugin_markers import hookspec
 
 if TYPE_CHECKING:
+    from llmserve.attention.backend import AttentionBackend
     from llmserve.cli.command import CliCommand
     from llmserve.config import EngineConfig
+    from llmserve.kv_cache.spec import CacheSpec
+    from llmserve.models.interface import CausalLM
     from llmserve.platforms.base import Platform
+    from llmserve.sample.logits_processor import LogitsProcessor
+    from llmserve.scheduler.policy import SchedulingPolicy
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,40 +73,41 @@ def llmserve_platforms() -> list[type[Platform]]:
 
     **Kind:** contribute (the core concatenates the lists of all plugins).
 
-    **When / where:** called when an engine is created, in the process that chooses the device
-    (the caller's process for the offline ``LLM``, the engine-core process when serving), and by
-    ``llmserve plugins``. The core asks each returned class ``is_available()`` and uses the
-    available one with the highest ``priority``, unless the user names one with ``device=``.
+    **When / where:** called when an engine is created, wherever the device is chosen: the
+    caller's process for the offline ``LLM``; when serving, the HTTP front-end process (which
+    checks the arguments first) and the engine-core process. Also by ``llmserve plugins``.
+    The core asks each returned class ``is_available()`` and uses the available one with the
+    highest ``priority``, unless the user names one with ``device=``.
 
     **Returns:** a list of ``llmserve.platforms.base.Platform`` subclasses (classes, not
-    instances). ``None`` or an empty list contributes nothing. Return a platform even when its
-    hardware is absent: ``is_available()`` is the place to say so, and import its heavy
-    dependencies (CUDA libraries, JAX) inside the hook body or the class methods, never at the
-    plugin module's import.
+    instances; anything else is skipped with a warning). ``None`` or an empty list contributes
+    nothing. Return a platform even when its hardware is absent: ``is_available()`` is the
+    place to say so, and import its heavy dependencies (CUDA libraries, JAX) inside the hook
+    body or the class methods, never at the plugin module's import.
 
     The core contributes ``CpuPlatform`` (name ``"cpu"``, priority 0).
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
 @hookspec
-def llmserve_attention_backends() -> dict[str, type]:
+def llmserve_attention_backends() -> dict[str, type[AttentionBackend]]:
     """Contribute attention backends by name.
 
     **Kind:** contribute (dicts are merged by name).
 
-    **When / where:** called in each process that builds a model (the engine-core process for
-    the offline ``LLM`` and every worker process when serving), before the model is
-    constructed, and by ``llmserve plugins``.
+    **When / where:** called in the engine-core process (the caller's process for the offline
+    ``LLM``), before the model is constructed, and by ``llmserve plugins``.
 
-    **Returns:** ``{name: backend class}``. The name is what a platform's
-    ``default_attention_backend`` and ``llmserve_select_attention_backend`` refer to. ``None``
-    or an empty dict contributes nothing.
+    **Returns:** ``{name: backend class}``, subclasses of
+    ``llmserve.attention.backend.AttentionBackend`` (they implement ``forward``). The name is
+    what a platform's ``default_attention_backend`` and ``llmserve_select_attention_backend``
+    refer to. ``None`` or an empty dict contributes nothing.
 
     The core contributes ``"torch"``, the paged torch reference backend that runs anywhere.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -93,8 +117,8 @@ def llmserve_select_attention_backend(platform_name: str, model_arch: str) -> st
 
     **Kind:** pick one (``firstresult``): the first non-``None`` answer wins.
 
-    **When / where:** called once per model load, in each process that builds the model, after
-    the platform is chosen and before layers are constructed.
+    **When / where:** called once per model load, in the engine-core process, after the
+    platform is chosen and before layers are constructed.
 
     :param platform_name: ``Platform.name`` of the chosen platform, e.g. ``"cpu"``, ``"cuda"``.
     :param model_arch: the HF ``architectures`` name being loaded, e.g. ``"LlamaForCausalLM"``.
@@ -103,7 +127,7 @@ def llmserve_select_attention_backend(platform_name: str, model_arch: str) -> st
     to pass. When every plugin passes, the platform's ``default_attention_backend`` is used.
     Naming a backend nobody contributed is an error at model load.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -113,23 +137,29 @@ def llmserve_select_attention_backend(platform_name: str, model_arch: str) -> st
 
 
 @hookspec
-def llmserve_model_architectures() -> dict[str, type]:
+def llmserve_model_architectures() -> dict[str, type[CausalLM]]:
     """Contribute model implementations by Hugging Face architecture name.
 
     **Kind:** contribute (dicts are merged by name).
 
-    **When / where:** called in each process that builds a model, when the checkpoint's
-    ``config.json`` is read, and by ``llmserve plugins``.
+    **When / where:** called wherever the engine's configuration is resolved, when the
+    checkpoint's ``config.json`` is read: the caller's process for the offline ``LLM``; when
+    serving, the HTTP front-end process (which checks the arguments before it starts the
+    engine core) and the engine-core process, which builds the model. Also by
+    ``llmserve plugins``.
 
     **Returns:** ``{architecture name: model class}``, the name exactly as it appears in the
-    checkpoint's ``config.json`` ``architectures`` list (``"LlamaForCausalLM"``). One class may
-    serve several names. ``None`` or an empty dict contributes nothing. Import the model module
-    inside the hook body so that listing plugins stays cheap.
+    checkpoint's ``config.json`` ``architectures`` list (``"LlamaForCausalLM"``). A model class
+    implements the ``llmserve.models.interface.CausalLM`` protocol (``__init__(cfg, ctx)``,
+    ``forward``, ``compute_logits``, ``cache_specs``, ``load_weights`` and the classmethod
+    ``build_context_flags``); a class lacking one is skipped with a warning naming what it
+    lacks. One class may serve several names. ``None`` or an empty dict contributes nothing.
+    Import the model module inside the hook body so that listing plugins stays cheap.
 
     The core contributes ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` and
     ``Qwen3ForCausalLM``.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -139,7 +169,7 @@ def llmserve_model_architectures() -> dict[str, type]:
 
 
 @hookspec
-def llmserve_cache_specs() -> dict[str, type]:
+def llmserve_cache_specs() -> dict[str, type[CacheSpec]]:
     """Contribute the kinds of cache a layer may ask the KV cache manager for.
 
     **Kind:** contribute (dicts are merged by name).
@@ -147,13 +177,15 @@ def llmserve_cache_specs() -> dict[str, type]:
     **When / where:** called in the engine-core process when the KV cache manager is built
     (after the model reports which cache kinds its layers need), and by ``llmserve plugins``.
 
-    **Returns:** ``{name: cache spec class}``; a spec class describes the memory one layer needs
-    per block or per request (paged attention KV grows with the sequence; a Mamba layer's conv
-    and SSM state is fixed per request). ``None`` or an empty dict contributes nothing.
+    **Returns:** ``{name: cache spec class}``, subclasses of
+    ``llmserve.kv_cache.spec.CacheSpec`` registered under their ``kind``. A spec class
+    describes the memory one layer needs per block or per request (paged attention KV grows
+    with the sequence; a Mamba layer's conv and SSM state is fixed per request). ``None`` or
+    an empty dict contributes nothing.
 
     The core contributes ``"full_attention"`` (paged KV).
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -163,7 +195,7 @@ def llmserve_cache_specs() -> dict[str, type]:
 
 
 @hookspec
-def llmserve_scheduling_policies() -> dict[str, type]:
+def llmserve_scheduling_policies() -> dict[str, type[SchedulingPolicy]]:
     """Contribute scheduling policies by name.
 
     **Kind:** contribute (dicts are merged by name).
@@ -172,13 +204,17 @@ def llmserve_scheduling_policies() -> dict[str, type]:
     ``llmserve plugins``. The user selects one with ``SchedulerConfig.policy`` (default
     ``"fcfs"``).
 
-    **Returns:** ``{name: policy class}``. A policy orders waiting requests and chooses whom to
-    preempt; it does not touch KV blocks or the token budget, which stay with the scheduler.
-    ``None`` or an empty dict contributes nothing.
+    **Returns:** ``{name: policy class}``, subclasses of
+    ``llmserve.scheduler.policy.SchedulingPolicy``. The scheduler constructs the chosen one with
+    the ``SchedulerConfig``; it owns the waiting queue, and its decisions (``peek``/``pop``: whom
+    to admit next; ``choose_victim``: whom to preempt) receive a frozen ``SchedulingContext``
+    (KV cache usage, free blocks, token budget, queue lengths, ``now``) built once per step. It
+    does not touch KV blocks or the token budget, which stay with the scheduler. ``None`` or an
+    empty dict contributes nothing.
 
-    The core contributes its built-in policies (``"fcfs"``, ...).
+    The core contributes ``"fcfs"`` and ``"priority"``.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -188,38 +224,22 @@ def llmserve_scheduling_policies() -> dict[str, type]:
 
 
 @hookspec
-def llmserve_logits_processors() -> dict[str, type]:
+def llmserve_logits_processors() -> dict[str, type[LogitsProcessor]]:
     """Contribute batch-level logits processors (sampler add-ons) by name.
 
     **Kind:** contribute (dicts are merged by name).
 
-    **When / where:** called in the process that runs the sampler (the engine-core process for
-    the offline ``LLM``, the workers when serving), when the sampler is built, and by
-    ``llmserve plugins``.
+    **When / where:** called in the engine-core process (the caller's process for the offline
+    ``LLM``), where the sampler runs, when the sampler is built, and by ``llmserve plugins``.
 
-    **Returns:** ``{name: processor class}``. A processor works on the whole batch's logits
-    tensor at once (no per-request Python loop in the step). ``None`` or an empty dict
-    contributes nothing.
+    **Returns:** ``{name: processor class}``, subclasses of
+    ``llmserve.sample.logits_processor.LogitsProcessor``. A processor works on the whole
+    batch's logits tensor at once (no per-request Python loop in the step). ``None`` or an
+    empty dict contributes nothing.
 
     The core contributes its built-in processors.
 
-    Added in 0.1.0.
-    """
-
-
-@hookspec
-def llmserve_structured_output_backends() -> dict[str, type]:
-    """Contribute structured-output (grammar / JSON schema) backends by name.
-
-    **Kind:** contribute (dicts are merged by name).
-
-    **When / where:** called in the engine-core process the first time a request asks for
-    structured output, and by ``llmserve plugins``.
-
-    **Returns:** ``{name: backend class}``. A backend compiles a request's grammar and fills
-    the token bitmask the sampler applies. ``None`` or an empty dict contributes nothing.
-
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -237,14 +257,14 @@ def llmserve_cli_commands() -> list[CliCommand]:
 
     **When / where:** called once in the ``llmserve`` CLI process, before arguments are parsed.
 
-    **Returns:** a list of ``llmserve.cli.command.CliCommand`` instances. Each adds its own
-    arguments to its subparser and runs with the parsed namespace; keep heavy imports inside
-    ``run``, since every invocation of ``llmserve`` builds every command's parser. ``None`` or
-    an empty list contributes nothing.
+    **Returns:** a list of ``llmserve.cli.command.CliCommand`` instances (not classes). Each
+    adds its own arguments to its subparser and runs with the parsed namespace; keep heavy
+    imports inside ``run``, since every invocation of ``llmserve`` builds every command's
+    parser. ``None`` or an empty list contributes nothing.
 
     The core contributes ``plugins``.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -267,7 +287,7 @@ def llmserve_http_routes(app: Any, engine_client: Any, config: EngineConfig) -> 
     **Returns:** ``None``; routes are registered as a side effect on ``app``. Two plugins
     registering the same path is a conflict FastAPI resolves by registration order.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """
 
 
@@ -291,5 +311,5 @@ def llmserve_engine_started(config: EngineConfig) -> None:
 
     **Returns:** ``None``; return values are ignored.
 
-    Added in 0.1.0.
+    Added in 0.1.0 (plugin API 1.0).
     """

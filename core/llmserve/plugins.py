@@ -6,9 +6,12 @@ registers the core's defaults (``DEFAULT_PLUGINS``) and then the third-party plu
 entry points of the group ``llmserve``.
 
 Third-party plugins are isolated from each other: one that fails to import, implements a hook
-that does not exist (a misspelling), or does not match a hook's signature is logged with a
-warning and skipped; the rest still load. The core's own defaults get no such leniency — a
-broken default is a bug in llmserve and raises.
+that does not exist (a misspelling), does not match a hook's signature, or declares a range of
+plugin API versions (``LLMSERVE_PLUGIN_API``) that excludes this llmserve's
+``PLUGIN_API_VERSION`` is logged with a warning and skipped; the rest still load. A registry
+entry of the wrong type (``ENTRY_TYPES``) is skipped alone, the plugin's other entries still
+count. The core's own defaults get no such leniency — a broken default is a bug in llmserve and
+raises.
 
 Environment:
 
@@ -27,12 +30,19 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from llmserve import hookspecs
-from llmserve.plugin_markers import PROJECT_NAME, hookimpl, hookspec  # noqa: F401 (re-exported)
+from llmserve.plugin_markers import (  # noqa: F401 (hookimpl and hookspec are re-exported)
+    PLUGIN_API_ATTRIBUTE,
+    PLUGIN_API_VERSION,
+    PROJECT_NAME,
+    hookimpl,
+    hookspec,
+)
 
 #: Entry-point group plugins are discovered from; each entry point names a module.
 ENTRY_POINT_GROUP = "llmserve"
@@ -44,6 +54,38 @@ TRACE_ENV = "LLMSERVE_TRACE_HOOKS"
 DEFAULT_PLUGINS: tuple[str, ...] = ("llmserve.default_plugins", "llmserve.http.plugin")
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EntryType:
+    """What every entry of a contribute hook's result must be.
+
+    ``base`` is written ``"module:Class"`` and imported only when a registry is built, so that
+    importing this module (every ``llmserve`` command does) pulls in neither torch nor the
+    engine. Entries are subclasses of ``base``, or with ``instances`` instances of it; a
+    ``typing.Protocol`` base is checked structurally: the class must have each of its methods.
+    """
+
+    base: str
+    instances: bool = False
+
+    def resolve(self) -> type:
+        module_name, _, name = self.base.partition(":")
+        return getattr(importlib.import_module(module_name), name)
+
+
+#: Contribute hook -> what each entry it returns must be; ``collect_registry`` and
+#: ``collect_list`` check every entry against it. The one place the hooks' return types are
+#: enforced (``llmserve.hookspecs`` states them for readers and type checkers).
+ENTRY_TYPES: dict[str, EntryType] = {
+    "llmserve_platforms": EntryType("llmserve.platforms.base:Platform"),
+    "llmserve_attention_backends": EntryType("llmserve.attention.backend:AttentionBackend"),
+    "llmserve_model_architectures": EntryType("llmserve.models.interface:CausalLM"),
+    "llmserve_cache_specs": EntryType("llmserve.kv_cache.spec:CacheSpec"),
+    "llmserve_scheduling_policies": EntryType("llmserve.scheduler.policy:SchedulingPolicy"),
+    "llmserve_logits_processors": EntryType("llmserve.sample.logits_processor:LogitsProcessor"),
+    "llmserve_cli_commands": EntryType("llmserve.cli.command:CliCommand", instances=True),
+}
 
 
 @dataclass(frozen=True)
@@ -163,6 +205,8 @@ def _load_entry_point_plugins(pm: PluginManager) -> None:
         except Exception as exc:  # a broken plugin must never take the engine down
             _skip(pm, ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
             continue
+        if not _supports_running_api(pm, ep.name, plugin):
+            continue
         dist = ep.dist
         source = PluginSource(is_default=False,
                               distribution=dist.name if dist is not None else None,
@@ -171,6 +215,39 @@ def _load_entry_point_plugins(pm: PluginManager) -> None:
             register_plugin(pm, plugin, ep.name, source)
         except (pluggy.PluginValidationError, ValueError) as exc:
             _skip(pm, ep.name, f"{type(exc).__name__}: {exc}")
+
+
+def _supports_running_api(pm: PluginManager, name: str, plugin: object) -> bool:
+    """Check the plugin's ``LLMSERVE_PLUGIN_API`` range against ``PLUGIN_API_VERSION``.
+
+    A plugin outside its declared range is skipped; one that declares nothing loads, with a
+    warning, since it was written before the plugin API was versioned or ignores it.
+    """
+    declared = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
+    if declared is None:
+        logger.warning("llmserve plugin %r declares no %s (e.g. %s = \">=1.0,<2\"); loading "
+                       "it with plugin API %s", name, PLUGIN_API_ATTRIBUTE,
+                       PLUGIN_API_ATTRIBUTE, PLUGIN_API_VERSION)
+        return True
+    supported = _version_range(declared)
+    if supported is None:
+        _skip(pm, name, f"{PLUGIN_API_ATTRIBUTE} = {declared!r} is not a version range "
+                        f"such as '>=1.0,<2'")
+        return False
+    if PLUGIN_API_VERSION not in supported:
+        _skip(pm, name, f"it supports plugin API {declared!r} and this llmserve provides "
+                        f"plugin API {PLUGIN_API_VERSION}")
+        return False
+    return True
+
+
+def _version_range(declared: object) -> SpecifierSet | None:
+    if not isinstance(declared, str) or not declared.strip():
+        return None
+    try:
+        return SpecifierSet(declared)
+    except InvalidSpecifier:
+        return None
 
 
 def _skip(pm: PluginManager, name: str, reason: str) -> None:
@@ -287,6 +364,72 @@ def _checked(contribution: _Contribution, hook_name: str, kind: type, kind_name:
     return False
 
 
+def _is_valid_entry(contribution: _Contribution, hook_name: str, label: str, value: Any,
+                    base: type, instances: bool) -> bool:
+    """Check one entry: a wrong one from a third-party plugin is logged and left out, one
+    from the core's defaults raises ``TypeError``."""
+    problem = _entry_problem(value, base, instances)
+    if problem is None:
+        return True
+    message = (f"llmserve plugin {contribution.plugin_name!r}: {hook_name} entry {label!r} "
+               f"{problem}")
+    if contribution.is_default:
+        raise TypeError(message)
+    logger.warning("%s; the entry is skipped", message)
+    return False
+
+
+def _entry_problem(value: Any, base: type, instances: bool) -> str | None:
+    """Why ``value`` is not an entry of type ``base``, or None when it is one."""
+    expected = f"{base.__module__}.{base.__qualname__}"
+    if instances:
+        if isinstance(value, base):
+            return None
+        return f"is {_describe(value)}, expected an instance of {expected}"
+    if not isinstance(value, type):
+        return f"is {_describe(value)}, not a class; expected a subclass of {expected}"
+    if Protocol in base.__bases__:
+        missing = [name for name in _protocol_methods(base)
+                   if not callable(getattr(value, name, None))]
+        if not missing:
+            return None
+        return (f"is {_describe(value)}, which lacks {', '.join(missing)}; expected a class "
+                f"implementing {expected}")
+    if issubclass(value, base):
+        return None
+    return f"is {_describe(value)}, expected a subclass of {expected}"
+
+
+def _protocol_methods(protocol: type) -> list[str]:
+    """The public methods a ``typing.Protocol`` declares (``__init__`` is not checkable)."""
+    return [name for name in vars(protocol)
+            if not name.startswith("_") and callable(getattr(protocol, name))]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    return f"a {type(value).__module__}.{type(value).__qualname__} ({value!r})"
+
+
+def _valid_entries(contribution: _Contribution, hook_name: str) -> _Contribution:
+    """The contribution with its entries that are not of the hook's ``ENTRY_TYPES`` left out."""
+    entry_type = ENTRY_TYPES.get(hook_name)
+    if entry_type is None:
+        return contribution
+    base, instances = entry_type.resolve(), entry_type.instances
+    value = contribution.value
+    if isinstance(value, Mapping):
+        kept: Any = {name: entry for name, entry in value.items()
+                     if _is_valid_entry(contribution, hook_name, str(name), entry, base,
+                                        instances)}
+    else:
+        kept = [item for item in value
+                if _is_valid_entry(contribution, hook_name, _entry_name(item), item, base,
+                                   instances)]
+    return _Contribution(contribution.plugin_name, contribution.is_default, kept)
+
+
 def collect_registry(pm: PluginManager, hook_name: str,
                      hook_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge the ``{name: value}`` dicts a contribute hook returns into one registry.
@@ -296,9 +439,12 @@ def collect_registry(pm: PluginManager, hook_name: str,
     purpose); between two plugins of the same kind, the one pluggy calls first wins
     (``tryfirst`` implementations, else the plugin registered last — entry points register in
     name order). The same object under the same name from two plugins is not a conflict.
-    Entries keep registration order (defaults first).
+    Entries keep registration order (defaults first). Every entry is checked against the
+    hook's ``ENTRY_TYPES`` line before names are resolved, so a wrong entry never shadows a
+    right one.
     """
-    contributions = [c for c in _contributions(pm, hook_name, hook_kwargs)
+    contributions = [_valid_entries(c, hook_name)
+                     for c in _contributions(pm, hook_name, hook_kwargs)
                      if _checked(c, hook_name, Mapping, "dict")]
     chosen = _resolve(hook_name, ((name, value, c)
                                   for c in contributions for name, value in c.value.items()))
@@ -317,9 +463,11 @@ def collect_list(pm: PluginManager, hook_name: str,
     """Concatenate the lists a contribute hook returns, in registration order (defaults first).
 
     With ``key``, items are names (``key(item)``) and duplicates are resolved like
-    ``collect_registry`` names.
+    ``collect_registry`` names. Items are checked against ``ENTRY_TYPES`` like registry
+    entries.
     """
-    contributions = [c for c in _contributions(pm, hook_name, hook_kwargs)
+    contributions = [_valid_entries(c, hook_name)
+                     for c in _contributions(pm, hook_name, hook_kwargs)
                      if _checked(c, hook_name, (list, tuple), "list")]
     if key is None:
         return [item for c in reversed(contributions) for item in c.value]
@@ -352,6 +500,9 @@ class PluginInfo:
     #: For contribute hooks without parameters: hook name → names of what it contributes.
     provides: dict[str, list[str]]
     distribution: str | None = None
+    #: The range of plugin API versions the plugin declares (``LLMSERVE_PLUGIN_API``); None
+    #: when it declares none, and for the core's defaults, which are the running version.
+    plugin_api: str | None = None
     #: Hook name → error raised while asking the plugin what it provides.
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -376,8 +527,10 @@ def plugin_infos(pm: PluginManager) -> list[PluginInfo]:
             version = source.version
         else:
             version = getattr(plugin, "__version__", None)
+        declared = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
         info = PluginInfo(name=name, version=version, hooks=[], provides={},
-                          distribution=source.distribution if source else None)
+                          distribution=source.distribution if source else None,
+                          plugin_api=str(declared) if declared is not None else None)
         for caller in sorted(pm.get_hookcallers(plugin) or [], key=lambda c: c.name):
             info.hooks.append(caller.name)
             spec = caller.spec
@@ -401,9 +554,12 @@ def _entry_names(value: Any) -> list[str]:
         return []
     if isinstance(value, Mapping):
         return [str(name) for name in value]
-    names = []
-    for item in value:
-        name = getattr(item, "name", None)
-        names.append(name if isinstance(name, str) and name else
-                     getattr(item, "__name__", repr(item)))
-    return names
+    return [_entry_name(item) for item in value]
+
+
+def _entry_name(item: Any) -> str:
+    """What a list entry is called: its ``name``, else its ``__name__``, else its repr."""
+    name = getattr(item, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(item, "__name__", repr(item))

@@ -1,20 +1,14 @@
 """Plugin discovery, registries, the ``llmserve`` CLI and the hook documentation.
 
-The discovery tests pip-install two throwaway plugin distributions (editable, offline) into a
-private virtual environment layered over this interpreter's site-packages, and look at them
-from fresh interpreters: entry points are read at interpreter start, and installing into the
-shared environment would show half-installed test plugins to anyone else running llmserve.
+The discovery tests pip-install two throwaway plugin distributions into a private virtual
+environment (``plugin_dists``) and look at them from fresh interpreters.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import site
-import subprocess
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -25,6 +19,7 @@ import pytest
 from llmserve import hookspecs
 from llmserve.cli.command import CliCommand
 from llmserve.cli.main import build_parser, main
+from llmserve.platforms.base import Platform
 from llmserve.plugin_testing import (  # noqa: F401  (fixtures)
     add_plugin,
     fresh_plugin_manager,
@@ -40,6 +35,8 @@ from llmserve.plugins import (
     plugin_infos,
     register_plugin,
 )
+from llmserve.scheduler.policy import FCFSPolicy
+from plugin_dists import PluginEnv, make_plugin_env, write_dist
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_DOCS = REPO / "docs" / "plugins" / "hooks"
@@ -47,33 +44,26 @@ HOOK_DOCS = REPO / "docs" / "plugins" / "hooks"
 GOOD_DIST = "llmserve-testplugin-good"
 BROKEN_DIST = "llmserve-testplugin-broken"
 
-PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{dist}"
-version = "{version}"
-requires-python = ">=3.10"
-
-[project.entry-points.llmserve]
-{entry_points}
-
-[tool.setuptools]
-packages = ["{package}"]
-"""
-
 GOOD_PLUGIN = """\
 from llmserve.plugins import hookimpl
+from llmserve.scheduler.policy import FCFSPolicy
+
+LLMSERVE_PLUGIN_API = ">=1.0,<2"
 
 
 class ToyForCausalLM:
-    pass
+    # The CausalLM protocol's methods; the discovery tests never build the model.
+    def __init__(self, cfg, ctx): ...
+    @classmethod
+    def build_context_flags(cls, cfg): return {}
+    def forward(self, input_ids, positions, fctx): ...
+    def compute_logits(self, hidden): ...
+    def cache_specs(self, block_size): return []
+    def load_weights(self, weights): return set()
 
 
-class LifoPolicy:
-    pass
+class LifoPolicy(FCFSPolicy):
+    name = "toy-lifo"
 
 
 @hookimpl
@@ -93,6 +83,8 @@ BROKEN_MODULES = {
     "misspelled": textwrap.dedent("""\
         from llmserve.plugins import hookimpl
 
+        LLMSERVE_PLUGIN_API = ">=1.0"
+
         @hookimpl
         def llmserve_model_architecture():
             return {"Typo": object}
@@ -101,6 +93,8 @@ BROKEN_MODULES = {
     "badsig": textwrap.dedent("""\
         from llmserve.plugins import hookimpl
 
+        LLMSERVE_PLUGIN_API = ">=1.0"
+
         @hookimpl
         def llmserve_select_attention_backend(platform_name, device_count):
             return None
@@ -108,64 +102,12 @@ BROKEN_MODULES = {
 }
 
 
-def _write_dist(root: Path, dist: str, version: str, modules: dict[str, str]) -> Path:
-    package = dist.replace("-", "_")
-    (root / package).mkdir(parents=True)
-    (root / package / "__init__.py").write_text("")
-    for module, source in modules.items():
-        (root / package / f"{module}.py").write_text(source)
-    entry_points = "\n".join(f'{name} = "{package}.{name}"' for name in modules)
-    (root / "pyproject.toml").write_text(PYPROJECT.format(
-        dist=dist, version=version, entry_points=entry_points, package=package))
-    return root
-
-
-class PluginEnv:
-    """A virtual environment that sees this interpreter's packages plus the test plugins."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        bin_dir = "Scripts" if os.name == "nt" else "bin"
-        self.python = str(root / bin_dir / ("python.exe" if os.name == "nt" else "python"))
-
-    def run(self, args: list[str], plugins: str | None = None, trace: bool = False,
-            check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LLMSERVE_PLUGINS", "LLMSERVE_TRACE_HOOKS", "PYTHONPATH")}
-        if plugins is not None:
-            env["LLMSERVE_PLUGINS"] = plugins
-        if trace:
-            env["LLMSERVE_TRACE_HOOKS"] = "1"
-        proc = subprocess.run([self.python, *args], env=env, capture_output=True, text=True,
-                              timeout=300)
-        if check:
-            assert proc.returncode == 0, proc.stderr
-        return proc
-
-    def run_script(self, source: str, **kwargs) -> tuple[dict, str]:
-        proc = self.run(["-c", textwrap.dedent(source)], **kwargs)
-        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
-
-
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> PluginEnv:
     tmp = tmp_path_factory.mktemp("plugins")
-    env = PluginEnv(tmp / "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env.root)], check=True)
-    # Layer the venv over every site directory of this interpreter (which may itself be a
-    # venv): addsitedir also runs their .pth files, which is what editable installs rely on.
-    site_dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()]
-                 if os.path.isdir(d)]
-    venv_site = subprocess.run(
-        [env.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    Path(venv_site, "_llmserve_parent_site.pth").write_text(
-        "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in site_dirs) + "\n")
-
-    good = _write_dist(tmp / "good", GOOD_DIST, "0.3.1", {"toy": GOOD_PLUGIN})
-    broken = _write_dist(tmp / "broken", BROKEN_DIST, "0.0.1", BROKEN_MODULES)
-    env.run(["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-             "--disable-pip-version-check", "-e", str(good), "-e", str(broken)])
+    good = write_dist(tmp / "good", GOOD_DIST, "0.3.1", {"toy": GOOD_PLUGIN})
+    broken = write_dist(tmp / "broken", BROKEN_DIST, "0.0.1", BROKEN_MODULES)
+    env = make_plugin_env(tmp / "venv", [good, broken])
     yield env
     env.run(["-m", "pip", "uninstall", "--quiet", "-y", GOOD_DIST, BROKEN_DIST], check=False)
 
@@ -260,7 +202,7 @@ def test_llmserve_plugins_warns_about_unknown_names(plugin_env):
 def test_plugins_command_lists_version_and_contributions(plugin_env):
     proc = plugin_env.run(["-m", "llmserve.cli.main", "plugins"])
     lines = proc.stdout.splitlines()
-    start = lines.index(f"toy 0.3.1 ({GOOD_DIST})")
+    start = lines.index(f"toy 0.3.1 ({GOOD_DIST}), plugin API >=1.0,<2")
     block = lines[start + 1:start + 3]
     assert block == ["  model_architectures: ToyForCausalLM",
                      "  scheduling_policies: toy-lifo"]
@@ -281,6 +223,7 @@ def test_plugins_command_json(plugin_env):
     assert toy["provides"] == {"llmserve_model_architectures": ["ToyForCausalLM"],
                                "llmserve_scheduling_policies": ["toy-lifo"]}
     assert toy["errors"] == {}
+    assert toy["plugin_api"] == ">=1.0,<2"
     default = by_name["llmserve.default_plugins"]
     assert default["version"] == "builtin"
     assert "plugins" in default["provides"]["llmserve_cli_commands"]
@@ -344,9 +287,14 @@ def _plugin(**hooks) -> object:
         for name, fn in hooks.items()})()
 
 
-class A: ...
-class B: ...
-class C: ...
+# Registry entries must be of their hook's type (llmserve.plugins.ENTRY_TYPES): policies
+# here, platforms in the list tests.
+class A(FCFSPolicy): ...
+class B(FCFSPolicy): ...
+class C(FCFSPolicy): ...
+class PlatformA(Platform): ...
+class PlatformB(Platform): ...
+class PlatformC(Platform): ...
 
 
 POLICIES = "llmserve_scheduling_policies"
@@ -429,9 +377,9 @@ def test_collect_list_order_and_key_dedup(caplog):
     register_plugin(pm, _plugin(llmserve_cli_commands=lambda: [first]), "core",
                     PluginSource(is_default=True))
     register_plugin(pm, _plugin(llmserve_cli_commands=lambda: [second]), "p1")
-    register_plugin(pm, _plugin(llmserve_platforms=lambda: [A, B]), "p2")
-    register_plugin(pm, _plugin(llmserve_platforms=lambda: [C]), "p3")
-    assert collect_list(pm, "llmserve_platforms") == [A, B, C]
+    register_plugin(pm, _plugin(llmserve_platforms=lambda: [PlatformA, PlatformB]), "p2")
+    register_plugin(pm, _plugin(llmserve_platforms=lambda: [PlatformC]), "p3")
+    assert collect_list(pm, "llmserve_platforms") == [PlatformA, PlatformB, PlatformC]
     assert collect_list(pm, "llmserve_cli_commands") == [first, second]
     with caplog.at_level(logging.WARNING, logger="llmserve.plugins"):
         assert collect_list(pm, "llmserve_cli_commands", key=lambda c: c.name) == [second]
@@ -500,8 +448,7 @@ def test_default_plugins_implement_the_core_hooks():
     implemented = {caller.name for caller in pm.get_hookcallers(plugin)}
     assert implemented == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
-        "llmserve_scheduling_policies", "llmserve_logits_processors",
-        "llmserve_structured_output_backends", "llmserve_cache_specs",
+        "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
         "llmserve_cli_commands",
     }
 
@@ -526,8 +473,8 @@ def _hookspec_names() -> list[str]:
 def test_hookspec_catalogue():
     assert set(_hookspec_names()) == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
-        "llmserve_scheduling_policies", "llmserve_logits_processors",
-        "llmserve_structured_output_backends", "llmserve_cache_specs", "llmserve_cli_commands",
+        "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
+        "llmserve_cli_commands",
         "llmserve_http_routes", "llmserve_select_attention_backend", "llmserve_engine_started",
     }
     pm = get_plugin_manager(load_entry_points=False, default_plugins=False)

@@ -27,7 +27,7 @@ def make_scheduler(num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_m
                              max_model_len=max_model_len, enable_chunked_prefill=chunked,
                              policy=policy, max_waiting_requests=max_waiting)
     kv = KVCacheManager(num_blocks, block_size, prefix_caching)
-    return Scheduler(config, kv, BUILTIN_POLICIES[policy]())
+    return Scheduler(config, kv, BUILTIN_POLICIES[policy](config))
 
 
 def make_request(sched, rid, prompt, priority=0, arrival=None, **sp):
@@ -290,7 +290,7 @@ def test_preemption_and_resume(prefix_caching):
     assert preempt_step.preempted_req_ids == {"b"}
     assert list(preempt_step.num_scheduled_tokens) == ["a"]
     assert b.status == RequestStatus.PREEMPTED and b.num_computed_tokens == 0
-    assert sched.policy.peek() is b
+    assert sched.policy.peek(sched.scheduling_context()) is b
     assert sched.num_preemptions == 1 and b.num_preemptions == 1
     assert sched.make_stats()["num_preemptions"] == 1
     tokens_before = list(b.all_token_ids)
@@ -366,8 +366,8 @@ def test_running_request_outgrowing_whole_cache_is_aborted():
 # -- priority -------------------------------------------------------------------------------
 
 def test_priority_policy_queue_order():
-    policy = PriorityPolicy()
     sched = make_scheduler()
+    policy, ctx = PriorityPolicy(sched.config), sched.scheduling_context()
     reqs = [make_request(sched, "p5", 1, priority=5, arrival=1.0),
             make_request(sched, "p1-late", 1, priority=1, arrival=3.0),
             make_request(sched, "p1-early", 1, priority=1, arrival=2.0),
@@ -375,22 +375,22 @@ def test_priority_policy_queue_order():
     for r in reqs:
         policy.add(r)
     assert len(policy) == 4
-    assert policy.peek().request_id == "p-1"
+    assert policy.peek(ctx).request_id == "p-1"
     policy.remove([reqs[2]])
-    assert [policy.pop().request_id for _ in range(3)] == ["p-1", "p1-late", "p5"]
+    assert [policy.pop(ctx).request_id for _ in range(3)] == ["p-1", "p1-late", "p5"]
     assert len(policy) == 0
 
 
 def test_fcfs_policy_queue_order():
-    policy = FCFSPolicy()
     sched = make_scheduler()
+    policy, ctx = FCFSPolicy(sched.config), sched.scheduling_context()
     a, b, c = (make_request(sched, r, 1) for r in "abc")
     policy.add(a)
     policy.add(b)
     policy.prepend(c)
-    assert policy.peek() is c
+    assert policy.peek(ctx) is c
     policy.remove([a])
-    assert [policy.pop() for _ in range(2)] == [c, b]
+    assert [policy.pop(ctx) for _ in range(2)] == [c, b]
 
 
 def test_victim_choice():
@@ -399,9 +399,10 @@ def test_victim_choice():
     r2 = make_request(sched, "r2", 1, priority=3, arrival=2.0)
     r3 = make_request(sched, "r3", 1, priority=3, arrival=3.0)
     r4 = make_request(sched, "r4", 1, priority=1, arrival=4.0)
-    assert FCFSPolicy().choose_victim([r1, r2, r3, r4]) is r4
-    assert PriorityPolicy().choose_victim([r1, r2, r3, r4]) is r3
-    assert PriorityPolicy().choose_victim([r3, r1, r2]) is r3
+    ctx = sched.scheduling_context()
+    assert FCFSPolicy(sched.config).choose_victim([r1, r2, r3, r4], ctx) is r4
+    assert PriorityPolicy(sched.config).choose_victim([r1, r2, r3, r4], ctx) is r3
+    assert PriorityPolicy(sched.config).choose_victim([r3, r1, r2], ctx) is r3
 
 
 def test_priority_scheduler_admits_by_priority():

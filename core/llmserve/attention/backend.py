@@ -8,6 +8,7 @@ sequence's block table. Prefill chunks and decode tokens share one launch.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
@@ -44,8 +45,13 @@ class ForwardContext:
     kv_caches: list[torch.Tensor] = field(default_factory=list)
 
 
-class AttentionBackend:
-    """Writes new K/V into the paged cache and computes attention for the flat batch."""
+class AttentionBackend(ABC):
+    """Writes new K/V into the paged cache and computes attention for the flat batch.
+
+    A backend implements ``forward``; it overrides ``kv_cache_shape`` when its cache layout
+    differs from the default, ``prepare`` when it precomputes per-step state, and sets
+    ``supports_sliding_window`` when its ``forward`` honours ``sliding_window``.
+    """
 
     name: ClassVar[str] = "base"
     #: Whether the backend honours ``sliding_window``; one that does not refuses it at model
@@ -76,7 +82,10 @@ class AttentionBackend:
     def prepare(cls, md: AttentionMetadata) -> None:
         """Called once per step before the forward pass; fills ``md.backend_state``."""
 
+    @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
-        """q: [T, H, D]; k, v: [T, KVH, D]; returns [T, H, D]."""
-        raise NotImplementedError
+        """Write this step's k and v into ``kv_cache`` at ``md.slot_mapping``, then attend.
+
+        q: [T, H, D]; k, v: [T, KVH, D]; returns [T, H, D].
+        """

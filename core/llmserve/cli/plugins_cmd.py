@@ -15,8 +15,9 @@ class PluginsCommand(CliCommand):
     help = "List installed plugins, their versions and what each provides."
     description = (
         "List every registered plugin (the core's defaults and the entry points of the group "
-        "'llmserve'), its version, the hooks it implements and the names it contributes, "
-        "then the plugins that were skipped and why. LLMSERVE_PLUGINS limits which load."
+        "'llmserve'), its version, the range of plugin API versions it declares "
+        "(LLMSERVE_PLUGIN_API), the hooks it implements and the names it contributes, then "
+        "the plugins that were skipped and why. LLMSERVE_PLUGINS limits which load."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,10 @@ class PluginsCommand(CliCommand):
             return 0
         for info in infos:
             origin = f" ({info.distribution})" if info.distribution else ""
-            print(f"{info.name} {info.version or 'unknown'}{origin}")
+            # The core's defaults are the running plugin API by definition.
+            api = ("" if pm.is_default_plugin(info.name)
+                   else f", plugin API {info.plugin_api or 'undeclared'}")
+            print(f"{info.name} {info.version or 'unknown'}{origin}{api}")
             for hook in info.hooks:
                 short = hook.removeprefix(_PREFIX)
                 if hook in info.errors:

@@ -71,7 +71,8 @@ class EngineCore:
                              f"{cfg.scheduler.policy!r}")
         self.kv_manager = KVCacheManager.from_config(kv_config, block_size,
                                                      cfg.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy]())
+        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager,
+                                   policies[cfg.scheduler.policy](cfg.scheduler))
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).
         self._in_flight = None

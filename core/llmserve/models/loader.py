@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from llmserve.layers.ops import TORCH_OPS, LayerOps
 from llmserve.models.base import ModelBuildContext
+
+if TYPE_CHECKING:
+    from llmserve.attention.backend import AttentionBackend
+    from llmserve.models.interface import CausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,9 @@ def iterate_weights(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
                 yield name, f.get_tensor(name)
 
 
-def resolve_architecture(cfg: dict[str, Any], registry: dict[str, type],
-                         installed_plugins: Callable[[], list[str]]) -> tuple[str, type]:
+def resolve_architecture(cfg: dict[str, Any], registry: dict[str, type[CausalLM]],
+                         installed_plugins: Callable[[], list[str]]
+                         ) -> tuple[str, type[CausalLM]]:
     """The model class for the config's ``architectures``; the error lists the supported
     names and ``installed_plugins()`` (asked only then: it calls every plugin)."""
     archs = cfg.get("architectures") or []
@@ -82,10 +87,16 @@ def fill_dummy_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 p.uniform_(-1e-2, 1e-2, generator=None if p.is_cuda else gen)
 
 
-def load_model(model_dir: str | Path, cfg: dict[str, Any], model_cls: type, dtype: torch.dtype,
-               device: torch.device, attn_backend: type, max_position: int,
-               load_format: str = "auto", ops: LayerOps = TORCH_OPS) -> torch.nn.Module:
-    flags = model_cls.build_context_flags(cfg) if hasattr(model_cls, "build_context_flags") else {}
+def load_model(model_dir: str | Path, cfg: dict[str, Any], model_cls: type[CausalLM],
+               dtype: torch.dtype, device: torch.device, attn_backend: type[AttentionBackend],
+               max_position: int, load_format: str = "auto",
+               ops: LayerOps = TORCH_OPS) -> torch.nn.Module:
+    """Build ``model_cls`` on ``device`` and load its weights.
+
+    ``model_cls`` comes from the architecture registry, whose entries were checked against
+    the ``CausalLM`` protocol, so every method used here exists.
+    """
+    flags = model_cls.build_context_flags(cfg)
     ctx = ModelBuildContext(dtype=dtype, attn_backend=attn_backend, max_position=max_position,
                             flags=flags, ops=ops)
     with torch.device(device):

@@ -4,58 +4,94 @@ A policy is a strategy object the ``Scheduler`` consults; it owns the waiting qu
 queue's data structure can follow the policy (a deque for FCFS, a heap for priorities). New
 policies subclass ``SchedulingPolicy`` and register through the scheduling-policy hook under
 their ``name``; the scheduler's loop never branches on which policy it runs.
+
+A policy is constructed with the ``SchedulerConfig`` and its decisions (the next request to
+admit, the request to preempt) receive a ``SchedulingContext``: the state of the step they are
+made in, so a policy can weigh KV pressure or queue lengths without reaching into the
+scheduler or the KV cache manager.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
+from llmserve.config import SchedulerConfig
 from llmserve.request import Request
 
 
-class SchedulingPolicy:
-    """Waiting-queue order and victim choice. Subclasses implement every method below."""
+@dataclass(frozen=True)
+class SchedulingContext:
+    """The scheduler's state at the start of one ``schedule()`` call, built once per call.
+
+    A snapshot: the tokens given, blocks allocated and requests preempted during the step are
+    not reflected in it. Frozen, so a policy cannot change what the scheduler decides from.
+    """
+
+    config: SchedulerConfig
+    #: Fraction of KV blocks held by requests, 0.0 to 1.0 (evictable cached blocks are free).
+    kv_cache_usage: float
+    num_free_blocks: int
+    #: Tokens this step may still schedule (the whole ``max_num_batched_tokens`` at the start).
+    num_budget_tokens: int
+    num_running: int
+    num_waiting: int
+    #: ``time.monotonic()`` when the step started; request arrival times use the same clock.
+    now: float
+
+
+class SchedulingPolicy(ABC):
+    """Waiting-queue order and victim choice.
+
+    Subclasses implement every abstract method and, if they override ``__init__``, call
+    ``super().__init__(config)``.
+    """
 
     #: Name the policy is registered and configured under (``SchedulerConfig.policy``).
     name: str = ""
 
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+
+    @abstractmethod
     def add(self, request: Request) -> None:
         """Queue a newly arrived request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prepend(self, request: Request) -> None:
         """Queue a preempted request so it resumes as soon as its order allows."""
-        raise NotImplementedError
 
-    def peek(self) -> Request:
+    @abstractmethod
+    def peek(self, ctx: SchedulingContext) -> Request:
         """The request to admit next (IndexError when empty)."""
-        raise NotImplementedError
 
-    def pop(self) -> Request:
-        """Remove and return ``peek()``."""
-        raise NotImplementedError
+    @abstractmethod
+    def pop(self, ctx: SchedulingContext) -> Request:
+        """Remove and return ``peek(ctx)``."""
 
+    @abstractmethod
     def remove(self, requests: Iterable[Request]) -> None:
         """Drop these requests from the queue (aborts); ones not queued are ignored."""
-        raise NotImplementedError
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of queued requests."""
 
+    @abstractmethod
     def __iter__(self) -> Iterator[Request]:
         """Queued requests, in no guaranteed order."""
-        raise NotImplementedError
 
-    def choose_victim(self, running: list[Request]) -> Request:
+    @abstractmethod
+    def choose_victim(self, running: list[Request], ctx: SchedulingContext) -> Request:
         """The request to preempt when a running request cannot get KV blocks.
 
         ``running`` is the scheduler's running list in scheduling order (non-empty; it
         includes the request that needs the blocks). Must return one of its elements.
         """
-        raise NotImplementedError
 
 
 class FCFSPolicy(SchedulingPolicy):
@@ -63,7 +99,8 @@ class FCFSPolicy(SchedulingPolicy):
 
     name = "fcfs"
 
-    def __init__(self) -> None:
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
         self._queue: deque[Request] = deque()
 
     def add(self, request: Request) -> None:
@@ -74,10 +111,10 @@ class FCFSPolicy(SchedulingPolicy):
         # restores their original order at the front of the queue.
         self._queue.appendleft(request)
 
-    def peek(self) -> Request:
+    def peek(self, ctx: SchedulingContext) -> Request:
         return self._queue[0]
 
-    def pop(self) -> Request:
+    def pop(self, ctx: SchedulingContext) -> Request:
         return self._queue.popleft()
 
     def remove(self, requests: Iterable[Request]) -> None:
@@ -91,7 +128,7 @@ class FCFSPolicy(SchedulingPolicy):
     def __iter__(self) -> Iterator[Request]:
         return iter(self._queue)
 
-    def choose_victim(self, running: list[Request]) -> Request:
+    def choose_victim(self, running: list[Request], ctx: SchedulingContext) -> Request:
         return running[-1]
 
 
@@ -100,7 +137,8 @@ class PriorityPolicy(SchedulingPolicy):
 
     name = "priority"
 
-    def __init__(self) -> None:
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
         # (priority, arrival_time, tie-breaker, request): the counter keeps equal keys FIFO
         # and stops heapq from ever comparing two Requests.
         self._heap: list[tuple[int, float, int, Request]] = []
@@ -114,10 +152,10 @@ class PriorityPolicy(SchedulingPolicy):
     # everything that arrived after it at its priority.
     prepend = add
 
-    def peek(self) -> Request:
+    def peek(self, ctx: SchedulingContext) -> Request:
         return self._heap[0][3]
 
-    def pop(self) -> Request:
+    def pop(self, ctx: SchedulingContext) -> Request:
         return heapq.heappop(self._heap)[3]
 
     def remove(self, requests: Iterable[Request]) -> None:
@@ -132,7 +170,7 @@ class PriorityPolicy(SchedulingPolicy):
     def __iter__(self) -> Iterator[Request]:
         return (e[3] for e in self._heap)
 
-    def choose_victim(self, running: list[Request]) -> Request:
+    def choose_victim(self, running: list[Request], ctx: SchedulingContext) -> Request:
         # max() keeps the first of equal keys; scan from the back so ties pick the latest admitted.
         return max(reversed(running), key=lambda r: (r.priority, r.arrival_time))
 

@@ -23,7 +23,7 @@ from llmserve.scheduler.output import (
     NewRequestData,
     SchedulerOutput,
 )
-from llmserve.scheduler.policy import SchedulingPolicy
+from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
 
 _RUNNING = RequestStatus.RUNNING
 _STOPPED = RequestStatus.FINISHED_STOPPED
@@ -103,6 +103,14 @@ class Scheduler:
             "num_preemptions": self.num_preemptions,
         }
 
+    def scheduling_context(self) -> SchedulingContext:
+        """The state the policy decides from; ``schedule()`` takes one snapshot per call."""
+        kv = self.kv_cache_manager
+        return SchedulingContext(
+            config=self.config, kv_cache_usage=kv.usage, num_free_blocks=kv.num_free_blocks,
+            num_budget_tokens=self.max_num_batched_tokens, num_running=len(self.running),
+            num_waiting=len(self.policy), now=time.monotonic())
+
     # -- the step -----------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
@@ -118,6 +126,7 @@ class Scheduler:
         output's New/CachedRequestData is the count *before* this step's tokens.
         """
         kv = self.kv_cache_manager
+        ctx = self.scheduling_context()
         budget = self.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
         # req_id -> (new block ids, num_computed_tokens before this step), in schedule order.
@@ -144,7 +153,7 @@ class Scheduler:
                     running.pop(i)
                     self._abort_unfittable(request)
                     break
-                victim = self.policy.choose_victim(running)
+                victim = self.policy.choose_victim(running, ctx)
                 vi = running.index(victim)
                 running.pop(vi)
                 if vi < i:
@@ -169,7 +178,7 @@ class Scheduler:
             i += 1
 
         if not preempted:
-            budget = self._admit_waiting(budget, num_scheduled, new_reqs)
+            budget = self._admit_waiting(budget, num_scheduled, new_reqs, ctx)
 
         values = scheduled_running.values()
         cached = CachedRequestData(
@@ -188,7 +197,8 @@ class Scheduler:
         )
 
     def _admit_waiting(
-        self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData]
+        self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData],
+        ctx: SchedulingContext,
     ) -> int:
         """Move waiting requests to running while tokens, sequences and blocks last."""
         kv = self.kv_cache_manager
@@ -196,9 +206,9 @@ class Scheduler:
         running = self.running
         max_chunk = self.max_num_batched_tokens if self.enable_chunked_prefill else None
         while budget > 0 and len(running) < self.max_num_seqs and len(policy):
-            request = policy.peek()
+            request = policy.peek(ctx)
             if not kv.can_ever_fit(request.num_tokens, max_chunk):
-                policy.pop()
+                policy.pop(ctx)
                 self._abort_unfittable(request)
                 continue
             hit_ids, num_hit = kv.get_computed_blocks(request)
@@ -210,7 +220,7 @@ class Scheduler:
             new_ids = kv.allocate_slots(request, num_new, hit_ids)
             if new_ids is None:
                 break
-            policy.pop()
+            policy.pop(ctx)
             running.append(request)
             request.status = _RUNNING
             if request.first_scheduled_time is None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from llmserve import hookimpl
 
+#: The llmserve plugin API versions this plugin is written against (checked at load).
+LLMSERVE_PLUGIN_API = ">=1.0,<2"
+
 
 @hookimpl
 def llmserve_platforms():
