@@ -14,13 +14,16 @@ from llmserve.config import EngineArgs
 from llmserve.engine.core import EngineCore
 from llmserve.engine.llm_engine import LLMEngine
 from llmserve.engine.resolver import resolve_engine
-from llmserve.kv_cache.spec import KVCacheConfig
+from llmserve.kv_cache.manager import KVCacheManager
+from llmserve.kv_cache.spec import FullAttentionSpec, KVCacheConfig
 from llmserve.platforms.cpu import CpuPlatform
 from llmserve.plugin_testing import fresh_plugin_manager, registered_plugin
-from llmserve.request import EngineCoreRequest
+from llmserve.request import EngineCoreRequest, Request
 from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.runner.model_runner import ModelRunner
 from llmserve.scheduler.output import ModelRunnerOutput
+from llmserve.scheduler.policy import FCFSPolicy
+from llmserve.scheduler.scheduler import Scheduler
 
 
 def _no_torch_after(module: str) -> bool:
@@ -75,8 +78,6 @@ class ScriptedRunner(ModelRunnerBase):
 
     def cache_specs(self):
         self.calls.append("cache_specs")
-        from llmserve.kv_cache.spec import FullAttentionSpec
-
         return [FullAttentionSpec(block_size=self.config.engine.cache.block_size, num_kv_heads=1,
                               head_size=4, dtype_bytes=4)]
 
@@ -168,11 +169,6 @@ def test_torch_runner_built_from_a_runner_config_runs_the_tiny_model(tiny_models
     runner.load_model()
     runner.initialize_kv_cache(core.kv_cache_config)
     runner.warm_up()
-    from llmserve.kv_cache.manager import KVCacheManager
-    from llmserve.scheduler.scheduler import Scheduler
-    from llmserve.scheduler.policy import FCFSPolicy
-    from llmserve.request import Request
-
     cfg = core.resolved.config
     scheduler = Scheduler(cfg.scheduler, KVCacheManager.from_config(core.kv_cache_config, True),
                           FCFSPolicy())

@@ -116,8 +116,8 @@ class ModelRunnerBase(ABC):
         """Launch one step and return without waiting for its sampled tokens. Called every
         engine step, in order; with asynchronous scheduling the next call comes before this
         step's ``result()`` is read, so the runner must take tokens still in flight as inputs
-        of the next step. Returns a handle whose ``result()`` gives the ``ModelRunnerOutput``
-        (per scheduled request, in the output's request order)."""
+        of the next step. Returns a handle whose ``result()`` gives the ``ModelRunnerOutput``:
+        one entry per scheduled request, in the order of its ``req_ids``."""
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Run one step and wait for its output."""

@@ -12,7 +12,7 @@ synchronisation, the inference-mode context) is asked of the platform in ``Runne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -27,8 +27,6 @@ from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, Schedule
 from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
-
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: Sampling features that read a request's output tokens on the host.
 OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
@@ -74,7 +72,7 @@ class ModelRunner(ModelRunnerBase):
         self.platform = config.platform
         self.attn_backend = config.attn_backend
         self.device = self.platform.device()
-        self.dtype = _TORCH_DTYPES[config.dtype]
+        self.dtype: torch.dtype = getattr(torch, config.dtype)
         self.vocab_size = int(config.hf_config["vocab_size"])
         self.block_size = engine.cache.block_size
         self.max_num_seqs = engine.scheduler.max_num_seqs
