@@ -1,5 +1,6 @@
-"""The NVIDIA plugin's CPU-testable logic: discovery, selection, dtype policy, KV sizing and
-CUDA-graph batch buckets. GPU numerics and speed are in benchmarks/gpu (run on an H100)."""
+"""The NVIDIA plugin's CPU-testable logic: discovery, selection, dtype policy and the CUDA
+specifics it adds to the core's GpuPlatform (whose KV sizing and CUDA-graph runner are tested
+in tests/core). GPU numerics and speed are in benchmarks/gpu (run on an H100)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import torch
 from llmserve.engine.resolver import select_platform
 from llmserve.plugins import collect_list, get_plugin_manager
 from llmserve_nvidia import plugin
-from llmserve_nvidia.graph_runner import capture_sizes
-from llmserve_nvidia.platform import CudaPlatform, kv_budget_from_memory
-
-GiB = 2**30
+from llmserve_nvidia.platform import CudaPlatform
 
 
 def test_plugin_is_discovered_through_its_entry_point():
@@ -47,17 +45,24 @@ def test_dtype_policy():
     assert CudaPlatform.resolve_dtype(torch.bfloat16) == torch.bfloat16
 
 
-def test_kv_budget_from_measured_memory():
-    # 80 GiB card, 0.9 of it ours; torch peaked at 17 GiB; 1 GiB held outside torch.
-    total, reserved, peak = 80 * GiB, 18 * GiB, 17 * GiB
-    free = total - reserved - 1 * GiB
-    assert kv_budget_from_memory(total, free, reserved, peak, 0.9) == int(72 * GiB) - 18 * GiB
-    with pytest.raises(ValueError, match="no memory left for the KV cache"):
-        kv_budget_from_memory(total, free, reserved, 75 * GiB, 0.9)
+def test_cuda_specifics_on_top_of_the_shared_gpu_platform():
+    from llmserve.platforms.gpu import GpuPlatform
+    from llmserve.runner.graph_runner import GraphModelRunner
+
+    assert issubclass(CudaPlatform, GpuPlatform)
+    assert CudaPlatform.fp8_dtype() == torch.float8_e4m3fn
+    assert CudaPlatform.device_visibility_env == "CUDA_VISIBLE_DEVICES"
+    assert CudaPlatform.distributed_backend == "nccl"
+    assert CudaPlatform.can_pin_memory is True
+    assert CudaPlatform.needs_profile_run is True
+    assert CudaPlatform.model_runner_class() is GraphModelRunner
 
 
-def test_capture_sizes():
-    assert capture_sizes(256) == [1, 2, 4, 8] + list(range(16, 257, 16))
-    assert capture_sizes(10) == [1, 2, 4, 8, 10]
-    assert capture_sizes(1) == [1]
-    assert capture_sizes(40) == [1, 2, 4, 8, 16, 32, 40]
+def test_layer_ops_are_the_triton_kernels():
+    pytest.importorskip("triton")
+    from llmserve_triton import ops
+
+    table = CudaPlatform.layer_ops()
+    assert table.name == "triton"
+    assert (table.rms_norm, table.rotary, table.silu_and_mul) == (
+        ops.rms_norm, ops.rotary, ops.silu_and_mul)

@@ -8,30 +8,28 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
-from llmserve.engine.resolver import ResolvedEngine
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.spec import KVCacheConfig, check_layer_specs, plan_kv_cache
-from llmserve.models.loader import load_model
 from llmserve.plugins import collect_registry
+from llmserve.runner.base import RunnerConfig
 from llmserve.scheduler.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from llmserve.engine.resolver import ResolvedEngine
 
 logger = logging.getLogger(__name__)
 
 
 class EngineCore:
-    def __init__(self, resolved: ResolvedEngine, pm) -> None:
+    def __init__(self, resolved: "ResolvedEngine", pm) -> None:
         t0 = time.monotonic()
         self.resolved = resolved
         cfg = resolved.config
         platform = resolved.platform
-        device = platform.device()
-        self.device = device
-        torch.manual_seed(cfg.model.seed)
+        self.device = platform.device()
 
         backends = collect_registry(pm, "llmserve_attention_backends")
         hook_choice = pm.hook.llmserve_select_attention_backend(
@@ -40,17 +38,14 @@ class EngineCore:
         if backend_name not in backends:
             raise ValueError(f"attention backend {backend_name!r} is not installed; "
                              f"installed: {sorted(backends)}")
-        attn_backend = backends[backend_name]
-
-        hf = resolved.hf_config
-        model = load_model(cfg.model.model, hf, resolved.model_cls, resolved.torch_dtype, device,
-                           attn_backend, cfg.model.max_model_len, resolved.load_format,
-                           platform.layer_ops())
-        runner_cls = platform.model_runner_class()
-        self.runner = runner_cls(model, attn_backend, device, resolved.torch_dtype,
-                                  hf["vocab_size"], cfg.scheduler.max_num_seqs,
-                                  cfg.model.max_model_len, cfg.cache.block_size,
-                                  collect_registry(pm, "llmserve_logits_processors").values())
+        runner_config = RunnerConfig(
+            engine=cfg, hf_config=resolved.hf_config, model_cls=resolved.model_cls,
+            attn_backend=backends[backend_name],
+            logits_processor_classes=tuple(
+                collect_registry(pm, "llmserve_logits_processors").values()),
+            load_format=resolved.load_format, platform=platform)
+        self.runner = platform.model_runner_class()(runner_config)
+        self.runner.load_model()
 
         kv_config = self._plan_kv_cache(pm, platform)
         self.runner.initialize_kv_cache(kv_config)

@@ -52,14 +52,32 @@ def resolve_model_path(model: Optional[str]) -> str:
         ) from exc
 
 
+def _unimplemented(platform: type[Platform]) -> list[str]:
+    """The abstract ``Platform`` members a contributed class leaves unimplemented."""
+    return sorted(getattr(platform, "__abstractmethods__", ()))
+
+
 def select_platform(pm, device: str) -> type[Platform]:
-    platforms: list[type[Platform]] = collect_list(pm, "llmserve_platforms")
+    platforms: list[type[Platform]] = []
+    broken: dict[type[Platform], list[str]] = {}
+    for p in collect_list(pm, "llmserve_platforms"):
+        missing = _unimplemented(p)
+        if missing:  # a broken plugin is skipped, never fatal
+            broken[p] = missing
+            logger.warning("skipping platform %s.%s: it does not implement %s", p.__module__,
+                           p.__qualname__, ", ".join(missing))
+        else:
+            platforms.append(p)
     if device != "auto":
         for p in platforms:
             if device in (p.name, p.device_type):
                 if not p.is_available():
                     raise ValueError(f"device {device!r} is not available on this machine")
                 return p
+        for p, missing in broken.items():
+            if device in (p.name, p.device_type):
+                raise ValueError(f"platform {p.name!r} ({p.__module__}.{p.__qualname__}) does "
+                                 f"not implement {', '.join(missing)}")
         names = sorted({p.name for p in platforms})
         raise ValueError(f"device must be 'auto' or one of {names}, got {device!r}")
     available = [p for p in platforms if p.is_available()]

@@ -1,14 +1,16 @@
-"""The elementwise kernels layers call, as one swappable table.
+"""The kernels layers call, as one open table of named ops.
 
-Layers hold an ``ops`` table and call through it, so a platform can hand the model fused
-kernels (``Platform.layer_ops()``) without touching model code. ``TORCH_OPS`` is the
-reference: plain torch, the numerics every other table is tested against.
+Layers hold a ``LayerOps`` table and call through it (``self.ops.rms_norm(...)``), so a
+platform hands the model fused kernels (``Platform.layer_ops()``) without touching model code.
+The table is open both ways: ``replace`` swaps any op by name (a platform may bring a fused
+norm and keep the torch rotary), ``extend`` adds ops that layers of a plugin need. A table is
+immutable; both return a new one. ``TORCH_OPS`` is the reference: plain torch, the numerics
+every other table is tested against.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +48,75 @@ def torch_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x[..., :d]) * x[..., d:]
 
 
-@dataclass(frozen=True)
+#: Names a table keeps for itself.
+_RESERVED = frozenset({"name", "names", "as_dict", "replace", "extend"})
+
 class LayerOps:
-    name: str
-    rms_norm: Callable[..., Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]
-    rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    """An immutable table of named ops, read as attributes: ``ops.rms_norm(x, w, eps)``.
+
+    Each op is a plain instance attribute, so a layer's call costs one attribute lookup in the
+    hot path; only a missing name reaches ``__getattr__``, which says what the table holds.
+    """
+
+    def __init__(self, name: str, ops: Mapping[str, Callable]) -> None:
+        for op, fn in ops.items():
+            if not op.isidentifier() or op.startswith("_") or op in _RESERVED:
+                raise ValueError(f"layer op name {op!r} must be a public identifier other "
+                                 f"than {', '.join(sorted(_RESERVED))}")
+            if not callable(fn):
+                raise TypeError(f"layer op {op!r} of table {name!r} must be callable, got "
+                                f"{type(fn).__name__}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_names", tuple(sorted(ops)))
+        for op, fn in ops.items():
+            object.__setattr__(self, op, fn)
+
+    def __getattr__(self, op: str) -> Callable:
+        # Reached only for names that are not in the table.
+        if op.startswith("__"):
+            raise AttributeError(op)
+        raise AttributeError(f"layer op {op!r} is not in table {self.name!r}; it has: "
+                             f"{', '.join(self._names)}")
+
+    def __setattr__(self, op: str, value) -> None:
+        raise AttributeError(f"LayerOps {self.name!r} is immutable; use replace() or extend()")
+
+    def __getitem__(self, op: str) -> Callable:
+        return getattr(self, op)
+
+    def __contains__(self, op: str) -> bool:
+        return op in self._names
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The ops in the table, sorted."""
+        return self._names
+
+    def as_dict(self) -> dict[str, Callable]:
+        return {op: getattr(self, op) for op in self._names}
+
+    def replace(self, name: Optional[str] = None, /, **ops: Callable) -> "LayerOps":
+        """A copy with the given ops swapped (and renamed to ``name`` if given). Every op must
+        already be in the table: a misspelt name would otherwise leave the reference op
+        silently in place."""
+        unknown = sorted(set(ops) - set(self._names))
+        if unknown:
+            raise ValueError(f"cannot replace layer ops {unknown}: not in table {self.name!r} "
+                             f"(it has: {', '.join(self._names)}); add new ops with extend()")
+        return LayerOps(name or self.name, {**self.as_dict(), **ops})
+
+    def extend(self, name: Optional[str] = None, /, **ops: Callable) -> "LayerOps":
+        """A copy with new ops added (and renamed to ``name`` if given); an op already in the
+        table is an error (swap it with ``replace``)."""
+        clash = sorted(set(ops) & set(self._names))
+        if clash:
+            raise ValueError(f"layer ops {clash} are already in table {self.name!r}; swap them "
+                             "with replace()")
+        return LayerOps(name or self.name, {**self.as_dict(), **ops})
+
+    def __repr__(self) -> str:
+        return f"LayerOps({self.name!r}, ops={list(self._names)})"
 
 
-TORCH_OPS = LayerOps("torch", torch_rms_norm, torch_rotary, torch_silu_and_mul)
+TORCH_OPS = LayerOps("torch", {"rms_norm": torch_rms_norm, "rotary": torch_rotary,
+                               "silu_and_mul": torch_silu_and_mul})

@@ -71,9 +71,10 @@ _ROPE_CACHE: dict[tuple, RotaryEmbedding] = {}
 def get_rope(head_dim: int, max_position: int, theta: float,
              rope_params: Optional[dict[str, Any]] = None,
              ops: LayerOps = TORCH_OPS) -> RotaryEmbedding:
-    """A shared RotaryEmbedding: every layer of a model uses the same cos/sin tables."""
+    """A shared RotaryEmbedding: every layer of a model uses the same cos/sin tables. Keyed
+    by the rotary op itself, so tables that differ only in other ops share one."""
     key = (head_dim, max_position, theta, repr(sorted((rope_params or {}).items())),
-           str(torch.get_default_device()), ops.name)
+           str(torch.get_default_device()), ops.rotary)
     rope = _ROPE_CACHE.get(key)
     if rope is None:
         rope = _ROPE_CACHE[key] = RotaryEmbedding(head_dim, max_position, theta, rope_params,

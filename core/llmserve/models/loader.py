@@ -84,7 +84,7 @@ def fill_dummy_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 p.fill_(1.0)
             else:
                 # Drawn on the CPU in slices would be slow for 8B; draw on the device instead.
-                p.uniform_(-1e-2, 1e-2, generator=None if p.is_cuda else gen)
+                p.uniform_(-1e-2, 1e-2, generator=gen if p.device.type == "cpu" else None)
 
 
 def load_model(model_dir: str | Path, cfg: dict[str, Any], model_cls: type[CausalLM],

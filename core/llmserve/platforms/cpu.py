@@ -16,6 +16,8 @@ class CpuPlatform(Platform):
     device_type = "cpu"
     priority = 0
     default_attention_backend = "torch"
+    # Everything else is the base's: no pinned memory (nothing to overlap with), events that
+    # have always passed, gloo for distributed tests, no capability, no FP8.
 
     @classmethod
     def is_available(cls) -> bool:

@@ -1,21 +1,26 @@
-"""Turns a ``SchedulerOutput`` into one forward pass over a flat token batch, then samples.
+"""The torch model runner: one forward pass over a flat token batch per step, then sampling.
 
 Per step: update the persistent ``InputBatch`` with the scheduler's diffs, gather the flat
 inputs for the scheduled rows with vectorised numpy, run the model, compute logits only at
 positions that sample (or that the request wants prompt logprobs for), sample, and return the
 tokens with a single device-to-host copy.
+
+It runs on any torch device: everything device-specific (pinned staging memory, events,
+synchronisation, the inference-mode context) is asked of the platform in ``RunnerConfig``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
+from llmserve.models.loader import load_model
+from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
 from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
@@ -57,22 +62,39 @@ class StepBatch:
         return self.num_tokens == self.num_seqs
 
 
-class ModelRunner:
-    def __init__(self, model: torch.nn.Module, attn_backend: type, device: torch.device,
-                 dtype: torch.dtype, vocab_size: int, max_num_seqs: int, max_model_len: int,
-                 block_size: int, logits_processor_classes: Sequence[type] = ()) -> None:
-        self.model = model
-        self.attn_backend = attn_backend
-        self.device = device
-        self.dtype = dtype
-        self.vocab_size = vocab_size
-        self.block_size = block_size
-        self.batch = InputBatch(max_num_seqs, max_model_len, block_size)
+class ModelRunner(ModelRunnerBase):
+    """The torch runner; platform runners subclass it (the GPU one replays graphs in
+    ``run_model``)."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        super().__init__(config)
+        engine = config.engine
+        self.platform = config.platform
+        self.attn_backend = config.attn_backend
+        self.device = self.platform.device()
+        self.dtype: torch.dtype = getattr(torch, config.dtype)
+        self.vocab_size = int(config.hf_config["vocab_size"])
+        self.block_size = engine.cache.block_size
+        self.max_num_seqs = engine.scheduler.max_num_seqs
+        self.max_model_len = engine.model.max_model_len
+        self.batch = InputBatch(self.max_num_seqs, self.max_model_len, self.block_size)
+        self.model: Optional[torch.nn.Module] = None
         #: The last launched step, whose sampled tokens may still be on their way to the host.
         self._previous: Optional[PendingOutput] = None
         # Built-ins first, then the classes plugins contribute through the hook.
-        self.sampler = Sampler(make_logits_processors(logits_processor_classes))
+        self.sampler = Sampler(make_logits_processors(config.logits_processor_classes))
         self.kv_caches: list[torch.Tensor] = []
+
+    def load_model(self) -> None:
+        """Seed torch (dummy weights and unseeded sampling draw from it), then build the model
+        with the platform's layer ops and stream the checkpoint onto the device."""
+        config = self.config
+        model_cfg = config.engine.model
+        torch.manual_seed(model_cfg.seed)
+        self.model = load_model(model_cfg.model, dict(config.hf_config), config.model_cls,
+                                self.dtype, self.device, self.attn_backend,
+                                model_cfg.max_model_len, config.load_format,
+                                self.platform.layer_ops())
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -101,11 +123,14 @@ class ModelRunner:
         """Called once after the KV cache exists, before serving; platform runners capture
         their graphs here. The reference runner has nothing to prepare."""
 
-    @torch.inference_mode()
     def profile_run(self, num_tokens: int, num_seqs: int) -> None:
         """One forward pass at the largest step the scheduler can produce (``num_tokens``
         over ``num_seqs`` sequences, logits for every sequence), on a throwaway cache, so a
         platform can measure peak activation memory before sizing the KV cache."""
+        with self.platform.inference_mode():
+            self._profile_forward(num_tokens, num_seqs)
+
+    def _profile_forward(self, num_tokens: int, num_seqs: int) -> None:
         bs = self.block_size
         num_seqs = max(1, min(num_seqs, num_tokens))
         lens = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int64)
@@ -214,19 +239,20 @@ class ModelRunner:
         return self.model(input_ids, self.upload(step.positions),
                           ForwardContext(md, self.kv_caches))
 
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        return self.execute_model_async(so).result()
-
-    @torch.inference_mode()
-    def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput":
+    def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput | CompletedStep":
         """Launch the step and return before its sampled tokens reach the host.
 
-        The sampled tokens are copied back without blocking; the next step may already be
-        launched (its inputs take those tokens on the device) before ``result()`` is read.
+        The sampled tokens are copied back without blocking where the platform can pin host
+        memory; the next step may already be launched (its inputs take those tokens on the
+        device) before ``result()`` is read.
         """
         req_ids = self._update_batch(so)
         if not req_ids:
-            return PendingOutput.done(ModelRunnerOutput([], [], []))
+            return CompletedStep(ModelRunnerOutput([], [], []))
+        with self.platform.inference_mode():
+            return self._launch_step(so, req_ids)
+
+    def _launch_step(self, so: SchedulerOutput, req_ids: list[str]) -> "PendingOutput":
         batch = self.batch
         dev = self.device
         step = self._step_batch(so, req_ids)
@@ -270,8 +296,8 @@ class ModelRunner:
         """A host array on the device without blocking the host: staged through pinned
         memory, so queueing the copy does not wait for the device work queued before it."""
         tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cpu":
-            return tensor
+        if not self.platform.can_pin_memory:
+            return tensor.to(self.device)  # the tensor itself on the CPU
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _resolve_previous(self) -> None:
@@ -308,7 +334,7 @@ class ModelRunner:
             if end < first:
                 continue
             flat = torch.arange(starts[i], starts[i] + end - first + 1, device=self.device)
-            targets = torch.from_numpy(batch.token_ids[row, first + 1:end + 2]).to(self.device)
+            targets = self.upload(batch.token_ids[row, first + 1:end + 2])
             logits = self.model.compute_logits(hidden[flat])
             lp = compute_prompt_logprobs(logits, targets, params.prompt_logprobs).tolists()
             result[req_ids[i]] = lp
@@ -322,7 +348,7 @@ class PendingOutput:
     placeholders, and returns the ``ModelRunnerOutput``.
     """
 
-    def __init__(self, runner: Optional[ModelRunner], req_ids: list[str], sample_idx: np.ndarray,
+    def __init__(self, runner: ModelRunner, req_ids: list[str], sample_idx: np.ndarray,
                  sample_rows: np.ndarray) -> None:
         self.runner = runner
         self.req_ids = req_ids
@@ -337,14 +363,6 @@ class PendingOutput:
         self._result: Optional[ModelRunnerOutput] = None
         self._row_index: Optional[dict[int, int]] = None
 
-    @classmethod
-    def done(cls, output: ModelRunnerOutput) -> "PendingOutput":
-        """An output that is already complete (a step with nothing scheduled)."""
-        empty = np.zeros(0, dtype=np.int64)
-        pending = cls(None, output.req_ids, empty, empty)
-        pending._result = output
-        return pending
-
     def launch_copy(self, out, positions: np.ndarray,
                     num_logprobs: Optional[list[Optional[int]]]) -> None:
         """Start the device-to-host copy of ``out``'s tokens (placeholders at ``positions``).
@@ -354,14 +372,14 @@ class PendingOutput:
         self._positions = positions
         self._logprobs = out.logprobs
         self._num_logprobs = num_logprobs
-        if self.sampled.is_cuda:
-            self._host = torch.empty(self.sampled.shape, dtype=self.sampled.dtype,
-                                     pin_memory=True)
+        platform = self.runner.platform
+        if platform.can_pin_memory:
+            self._host = platform.host_buffer(tuple(self.sampled.shape), self.sampled.dtype)
             self._host.copy_(self.sampled, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
         else:
-            self._host = self.sampled
+            # Nothing to overlap with: a plain copy (none at all when already on the host).
+            self._host = self.sampled.to("cpu")
+        self._event = platform.record_event()
 
     def source_index(self, rows: np.ndarray) -> np.ndarray:
         """Where each of ``rows`` sits in this step's sampled tokens."""
@@ -381,8 +399,7 @@ class PendingOutput:
         sampled_lists: list[list[int]] = [[] for _ in req_ids]
         logprob_rows: list[Optional[LogprobsLists]] = [None] * len(req_ids)
         if self.sampled is not None:
-            if self._event is not None:
-                self._event.synchronize()
+            self._event.synchronize()
             tokens = self._host.numpy()
             batch = runner.batch
             # A row may have been freed (finished, preempted) and reused since the launch.

@@ -1,44 +1,31 @@
-"""The CUDA platform: device choice, dtype policy, KV-cache sizing from measured memory."""
+"""The CUDA platform: what NVIDIA GPUs add to the core's ``GpuPlatform``.
+
+The core's ``GpuPlatform`` holds what every ``torch.cuda`` device shares (asynchronous
+copies and events, memory-profiled KV sizing, the CUDA-graph runner, NCCL); this class adds
+the NVIDIA specifics: availability (CUDA builds of torch, not HIP), the dtype policy, the
+Triton kernels, the compute capability and the FP8 format.
+"""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from llmserve.layers.ops import LayerOps
-from llmserve.platforms import Platform
+from llmserve.layers.ops import TORCH_OPS, LayerOps
+from llmserve.platforms.gpu import GpuPlatform
 
 
-def kv_budget_from_memory(total: int, free: int, torch_reserved: int, torch_peak: int,
-                          gpu_memory_utilization: float) -> int:
-    """Bytes for the KV cache: the engine's share of the card, less what the profiled step
-    needed at its peak (weights + activations) and less what others hold outside torch (CUDA
-    context, NCCL, other processes)."""
-    outside_torch = max(0, (total - free) - torch_reserved)
-    budget = int(total * gpu_memory_utilization) - torch_peak - outside_torch
-    if budget <= 0:
-        raise ValueError(
-            f"no memory left for the KV cache: {gpu_memory_utilization=:.2f} of "
-            f"{total / 2**30:.1f} GiB, model and activations peak at {torch_peak / 2**30:.1f} "
-            f"GiB, {outside_torch / 2**30:.1f} GiB used outside torch; raise "
-            "gpu_memory_utilization or lower max_num_batched_tokens / max_model_len")
-    return budget
-
-
-class CudaPlatform(Platform):
+class CudaPlatform(GpuPlatform):
     name = "cuda"
-    device_type = "cuda"
     priority = 100
     default_attention_backend = "triton"
-    needs_profile_run = True
-    default_async_scheduling = True
+    device_visibility_env = "CUDA_VISIBLE_DEVICES"
 
     @classmethod
     def is_available(cls) -> bool:
+        # A ROCm build of torch answers torch.cuda too; it belongs to the AMD platform.
         return torch.cuda.is_available() and torch.version.hip is None
-
-    @classmethod
-    def device(cls) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device())
 
     @classmethod
     def resolve_dtype(cls, checkpoint_dtype: torch.dtype) -> torch.dtype:
@@ -46,22 +33,16 @@ class CudaPlatform(Platform):
         return torch.bfloat16 if checkpoint_dtype == torch.float32 else checkpoint_dtype
 
     @classmethod
-    def kv_cache_budget_bytes(cls, requested, gpu_memory_utilization) -> int:
-        if requested is not None:
-            return requested
-        torch.cuda.synchronize()
-        free, total = torch.cuda.mem_get_info()
-        return kv_budget_from_memory(total, free, torch.cuda.memory_reserved(),
-                                     torch.cuda.max_memory_allocated(), gpu_memory_utilization)
+    def device_capability(cls) -> Optional[tuple[int, int]]:
+        return torch.cuda.get_device_capability()
+
+    @classmethod
+    def fp8_dtype(cls) -> Optional[torch.dtype]:
+        return torch.float8_e4m3fn
 
     @classmethod
     def layer_ops(cls) -> LayerOps:
         from llmserve_triton.ops import rms_norm, rotary, silu_and_mul
 
-        return LayerOps("triton", rms_norm, rotary, silu_and_mul)
-
-    @classmethod
-    def model_runner_class(cls) -> type:
-        from llmserve_nvidia.graph_runner import CudaGraphModelRunner
-
-        return CudaGraphModelRunner
+        return TORCH_OPS.replace("triton", rms_norm=rms_norm, rotary=rotary,
+                                 silu_and_mul=silu_and_mul)

@@ -1,10 +1,13 @@
-"""CUDA graphs for decode steps.
+"""The GPU runner: CUDA graphs for decode steps, memory profiling for the KV budget.
 
 A decode step launches a few hundred small kernels; at batch 1 launching them costs more
 than running them. Each captured graph replays the whole forward of a decode batch of one
 fixed size from static input buffers. A step of ``n`` requests uses the smallest captured
 size ``>= n``; the extra rows write their K/V into a scratch block that belongs to no request
 and their outputs are dropped. Prefill and mixed steps run eagerly.
+
+Capture and replay go through ``torch.cuda``, which ROCm builds of torch implement too (as
+HIP graphs), so every ``GpuPlatform`` (NVIDIA, AMD) shares this runner.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.kv_cache.spec import KVCacheConfig
+from llmserve.platforms.gpu import GpuPlatform
+from llmserve.runner.base import RunnerConfig
 from llmserve.runner.model_runner import ModelRunner, StepBatch
 
 logger = logging.getLogger(__name__)
@@ -37,11 +42,43 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return sizes
 
 
-class CudaGraphModelRunner(ModelRunner):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_num_seqs = self.batch.token_ids.shape[0]
-        self.max_model_len = self.batch.max_model_len
+def padded_size(sizes: list[int], num_seqs: int) -> int | None:
+    """The captured size a decode batch of ``num_seqs`` replays at (the smallest ``>=``), or
+    None when it is larger than every captured size and runs eagerly."""
+    i = bisect.bisect_left(sizes, num_seqs)
+    return sizes[i] if i < len(sizes) else None
+
+
+def pad_inert(host: torch.Tensor, start: int, end: int, scratch_block: int,
+              block_size: int) -> None:
+    """Columns [start, end) of the staged inputs (rows: ids, positions, slots, seq lens)
+    become inert: one token at position 0 whose K/V lands in the scratch block."""
+    host[:, start:end] = 0
+    host[2, start:end] = scratch_block * block_size
+    host[3, start:end] = 1
+
+
+def stage_decode_inputs(host: torch.Tensor, step: StepBatch, size: int, scratch_block: int,
+                        block_size: int) -> None:
+    """Write a decode step's inputs into the host staging buffer, padded to the captured
+    ``size``; one copy then moves all four rows to the graph's static inputs."""
+    n = step.num_seqs
+    host[0, :n] = torch.from_numpy(step.input_ids)
+    host[1, :n] = torch.from_numpy(step.positions)
+    host[2, :n] = torch.from_numpy(step.slots)
+    host[3, :n] = torch.from_numpy(step.seq_lens)
+    if size > n:
+        pad_inert(host, n, size, scratch_block, block_size)
+
+
+class GraphModelRunner(ModelRunner):
+    """``ModelRunner`` with decode steps replayed from graphs; for ``GpuPlatform`` only."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        if not issubclass(config.platform, GpuPlatform):
+            raise TypeError(f"GraphModelRunner needs a GpuPlatform (it captures through "
+                            f"torch.cuda); platform {config.platform.name!r} is not one")
+        super().__init__(config)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.sizes: list[int] = []
         self.capture_s = 0.0
@@ -49,7 +86,7 @@ class CudaGraphModelRunner(ModelRunner):
     def profile_run(self, num_tokens: int, num_seqs: int) -> None:
         # The KV budget is read off the peak; start it from this engine's weights, not from
         # whatever an earlier engine in this process once allocated.
-        torch.cuda.reset_peak_memory_stats()
+        self.platform.reset_peak_memory()
         super().profile_run(num_tokens, num_seqs)
 
     def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
@@ -78,11 +115,14 @@ class CudaGraphModelRunner(ModelRunner):
         self.attn_backend.prepare(md)
         return md
 
-    @torch.inference_mode()
     def warm_up(self) -> None:
         if os.environ.get(ENV_DISABLE, "1") == "0":
             logger.info("CUDA graphs disabled by %s=0", ENV_DISABLE)
             return
+        with self.platform.inference_mode():
+            self._capture()
+
+    def _capture(self) -> None:
         t0 = time.monotonic()
         dev = self.device
         self.sizes = capture_sizes(self.max_num_seqs)
@@ -92,16 +132,14 @@ class CudaGraphModelRunner(ModelRunner):
         self.static = torch.zeros(4, max_size, dtype=torch.long, device=dev)
         # Two pinned staging buffers used in turn: with asynchronous scheduling the host fills
         # step N+1's while step N's copy may still be queued on the device.
-        self.staging = [torch.zeros(4, max_size, dtype=torch.long, pin_memory=True)
-                        for _ in range(2)]
+        self.staging = [self.platform.host_buffer((4, max_size), torch.long) for _ in range(2)]
         self.static_host = self.staging[0]
         self.query_start_loc = torch.arange(max_size + 1, dtype=torch.long, device=dev)
         self.query_lens = torch.ones(max_size, dtype=torch.long, device=dev)
         self.block_tables = torch.full((max_size, max_blocks), self.scratch_block,
                                        dtype=torch.long, device=dev)
         for buf in self.staging:
-            self.static_host = buf
-            self._reset_padding(0, max_size)
+            pad_inert(buf, 0, max_size, self.scratch_block, self.block_size)
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
             md = self._static_metadata(size)
@@ -109,39 +147,27 @@ class CudaGraphModelRunner(ModelRunner):
             ids, pos = self.static[0, :size], self.static[1, :size]
             for _ in range(2):  # compile kernels and settle allocations outside the capture
                 self.model(ids, pos, fctx)
-            torch.cuda.synchronize()
+            self.platform.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 out = self.model(ids, pos, fctx)
             self.graphs[size] = (graph, out)
-        torch.cuda.synchronize()
+        self.platform.synchronize()
         self.capture_s = time.monotonic() - t0
         logger.info("captured %d CUDA graphs (decode batch sizes %d..%d) in %.2f s",
                     len(self.sizes), self.sizes[0], max_size, self.capture_s)
-
-    def _reset_padding(self, start: int, end: int) -> None:
-        """Rows [start, end) become inert: one token at position 0 in the scratch block."""
-        host = self.static_host
-        host[:, start:end] = 0
-        host[2, start:end] = self.scratch_block * self.block_size
-        host[3, start:end] = 1
 
     # ---- replay ---------------------------------------------------------------------------
 
     def run_model(self, step: StepBatch) -> torch.Tensor:
         n = step.num_seqs
-        if not self.graphs or not step.is_decode_only or n > self.sizes[-1]:
+        size = padded_size(self.sizes, n) if self.graphs and step.is_decode_only else None
+        if size is None:
             return super().run_model(step)
-        size = self.sizes[bisect.bisect_left(self.sizes, n)]
         self.static_host = self.staging[1] if self.static_host is self.staging[0] \
             else self.staging[0]
         host = self.static_host
-        host[0, :n] = torch.from_numpy(step.input_ids)
-        host[1, :n] = torch.from_numpy(step.positions)
-        host[2, :n] = torch.from_numpy(step.slots)
-        host[3, :n] = torch.from_numpy(step.seq_lens)
-        if size > n:
-            self._reset_padding(n, size)
+        stage_decode_inputs(host, step, size, self.scratch_block, self.block_size)
         self.static[:, :size].copy_(host[:, :size], non_blocking=True)
         self._fill_pending_inputs(self.static[0, :size], step)
         nb = int(-(-int(step.seq_lens.max()) // self.block_size))
