@@ -40,6 +40,10 @@ def _clamp(body):
 
 
 @schema.parametrize()
+# No health check is suppressed: generating these requests is fast, even on two busy cores
+# (``too_slow``, ``filter_too_much`` and ``data_too_large`` stay quiet), and the only fixture,
+# ``auth``, is session-scoped (``function_scoped_fixture`` does not apply). ``deadline=None``
+# because a request's time is the model's, not Hypothesis's concern.
 @settings(max_examples=30, deadline=None, database=None)
 def test_no_server_errors(case, auth):
     _clamp(case.body)
