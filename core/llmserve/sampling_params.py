@@ -88,3 +88,23 @@ class SamplingParams(BaseModel):
         if not self.ignore_eos:
             ids |= eos_token_ids
         return frozenset(ids)
+
+
+def check_token_ids(params: SamplingParams, vocab_size: int) -> None:
+    """Raise ``ValueError`` naming the field if ``params`` refers to a token outside the vocab.
+
+    Front ends call this when a request arrives (it lives here, beside the parameters, so the
+    serving front end can without importing the sampler); ``SamplingMetadata.build`` checks
+    again for safety.
+    """
+    for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids",
+                                                          params.allowed_token_ids)):
+        if ids is None:
+            continue
+        if name == "allowed_token_ids" and not ids:
+            raise ValueError("allowed_token_ids must not be empty")
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(
+                f"{name} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
+            )

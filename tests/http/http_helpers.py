@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import httpx
 
@@ -24,12 +24,14 @@ class Server:
     """One ``llmserve serve`` process; its combined output goes to a log file (a pipe could
     fill up and block it)."""
 
-    def __init__(self, args: list[str], log_path: Path, env: Optional[dict] = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: Optional[dict] = None,
+                 python_options: Sequence[str] = ()) -> None:
+        """``python_options`` go to the interpreter before ``-m`` (``-X importtime``)."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        cmd = [sys.executable, "-m", "llmserve.cli.main", "serve", "--host", "127.0.0.1",
-               "--port", "0", "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log",
-               *args]
+        cmd = [sys.executable, *python_options, "-m", "llmserve.cli.main", "serve",
+               "--host", "127.0.0.1", "--port", "0", "--uvicorn-log-level", "warning",
+               "--disable-uvicorn-access-log", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})},
                                      start_new_session=True)

@@ -4,12 +4,15 @@ request, abort, stop strings, a full queue and a dead core."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from llmserve import LLM, SamplingParams
 from llmserve.config import EngineArgs
+from llmserve.default_model import DEFAULT_MODEL_PATH
 from llmserve.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
@@ -141,5 +144,66 @@ def test_dead_engine_core_fails_pending_requests():
         with pytest.raises(EngineDeadError):
             await engine.add_request("s", "The", greedy(2))
         await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def model_with_architecture(root: Path, architecture: str) -> str:
+    """The embedded model under another ``architectures`` name (its files linked, not copied)."""
+    root.mkdir()
+    for path in Path(DEFAULT_MODEL_PATH).iterdir():
+        if path.name != "config.json":
+            (root / path.name).symlink_to(path)
+    config = json.loads((Path(DEFAULT_MODEL_PATH) / "config.json").read_text())
+    (root / "config.json").write_text(json.dumps({**config, "architectures": [architecture]}))
+    return str(root)
+
+
+@pytest.mark.parametrize("case", ["architecture", "max_model_len", "device"])
+def test_arguments_the_core_rejects_raise_value_error_from_start(case, tmp_path):
+    """The front end only checks each value; the core resolves them against the model and the
+    machine, and its refusal reaches ``start()`` as the ValueError it raised."""
+    args, message = {
+        "architecture": (dict(ARGS, model=model_with_architecture(tmp_path / "m", "NoSuchLM")),
+                         r"model architecture \['NoSuchLM'\] is not supported. "
+                         r"Supported: .*LlamaForCausalLM"),
+        "max_model_len": (dict(ARGS, max_model_len=4096),
+                          r"max_model_len must be in \[1, 2048\] .*got 4096"),
+        "device": (dict(ARGS, device="no-such-device"),
+                   r"device must be 'auto' or one of \[.*'cpu'.*\], got 'no-such-device'"),
+    }[case]
+
+    async def main():
+        engine = AsyncEngine(EngineArgs(**args))
+        with pytest.raises(RuntimeError, match="not started"):
+            engine.config
+        with pytest.raises(ValueError, match=message):
+            await engine.start()
+        assert engine._proc.wait(10) == 1 and not engine.is_running
+
+    asyncio.run(main())
+
+
+def test_from_engine_args_raises_what_the_core_rejected():
+    async def main():
+        with pytest.raises(ValueError, match="max_model_len must be in"):
+            await AsyncEngine.from_engine_args(EngineArgs(**dict(ARGS, max_model_len=9999)))
+
+    asyncio.run(main())
+
+
+def test_ready_message_carries_the_resolved_config_and_model_facts():
+    async def main():
+        async with AsyncEngine(EngineArgs(**ARGS, served_model_name="tiny")) as engine:
+            config, facts = engine.config, engine.info.model
+            assert config.model.model == str(DEFAULT_MODEL_PATH)
+            assert config.model.served_model_name == "tiny" and config.device == "cpu"
+            assert config.model.max_model_len == engine.max_model_len == 128
+            assert (facts.vocab_size, facts.tokenizer, facts.eos_token_id) == (
+                4096, str(DEFAULT_MODEL_PATH), 2)
+            assert engine.vocab_size == 4096 and engine.frontend.eos_token_ids == {2}
+            assert engine.tokenizer.eos_token_id == 2
+            with pytest.raises(Exception, match="frozen"):
+                config.model.max_model_len = 1
 
     asyncio.run(main())

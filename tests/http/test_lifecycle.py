@@ -82,6 +82,18 @@ def test_bad_engine_flag_exits_2_with_its_message():
     assert "block_size" in proc.stderr
 
 
+def test_argument_the_engine_core_rejects_exits_2_with_one_line():
+    """max_model_len is checked against the model by the engine core, not the front end."""
+    proc = subprocess.run([sys.executable, "-m", "llmserve.cli.main", "serve", "--port", "0",
+                           "--max-model-len", "4096"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "llmserve serve: max_model_len must be in [1, 2048] (the model's "
+        "max_position_embeddings), got 4096"]
+    assert "API:" not in proc.stdout
+
+
 def test_sigterm_drains_in_flight_streams_then_exits_0(start_server):
     server = start_server(SMALL)
     engine_pid = server.engine_pid()

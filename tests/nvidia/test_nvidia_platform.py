@@ -19,12 +19,41 @@ def test_plugin_is_discovered_through_its_entry_point():
     assert CudaPlatform in collect_list(pm, "llmserve_platforms")
 
 
-def test_auto_device_falls_back_to_cpu_without_a_gpu():
+@pytest.fixture
+def cuda_runtime(monkeypatch):
+    """``cuda_runtime(available, hip=None)`` makes torch report a CUDA (or, with ``hip``, a
+    ROCm) runtime or none, so these hold on any machine, GPU or not."""
+
+    def set_runtime(available: bool, hip=None) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        monkeypatch.setattr(torch.version, "hip", hip)
+
+    return set_runtime
+
+
+def test_auto_device_falls_back_to_cpu_without_a_gpu(cuda_runtime):
+    cuda_runtime(False)
     pm = get_plugin_manager()
     assert not CudaPlatform.is_available()
     assert select_platform(pm, "auto").name == "cpu"
     with pytest.raises(ValueError, match="device 'cuda' is not available"):
         select_platform(pm, "cuda")
+
+
+def test_auto_device_picks_cuda_when_torch_sees_a_gpu(cuda_runtime):
+    cuda_runtime(True)
+    pm = get_plugin_manager()
+    assert CudaPlatform.is_available()
+    assert select_platform(pm, "auto") is CudaPlatform
+    assert select_platform(pm, "cuda") is CudaPlatform
+    assert select_platform(pm, "cpu").name == "cpu"
+
+
+def test_a_rocm_torch_is_not_cuda(cuda_runtime):
+    # ROCm builds of torch answer torch.cuda.is_available() too; they are not this platform.
+    cuda_runtime(True, hip="6.2.41133")
+    assert not CudaPlatform.is_available()
+    assert select_platform(get_plugin_manager(), "auto").name == "cpu"
 
 
 def test_attention_backend_choice_is_triton_only_on_cuda():

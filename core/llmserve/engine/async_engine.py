@@ -2,10 +2,15 @@
 
 The front end tokenizes, validates, fans out ``n``, detokenizes and matches stop strings
 (``OutputProcessor``); the core (``python -m llmserve.engine.core_process``, a fresh
-interpreter) schedules and runs the model. Two pipes join them; the message
-protocol is documented in ``llmserve.engine.core_process``. A writer thread sends, a reader
-thread receives and hands each message to the event loop, which routes outputs to one
-``asyncio.Queue`` per request.
+interpreter) resolves the engine arguments against the plugins and the model, schedules and
+runs the model. Two pipes join them; the message protocol is documented in
+``llmserve.engine.core_process``. A writer thread sends, a reader thread receives and hands
+each message to the event loop, which routes outputs to one ``asyncio.Queue`` per request.
+
+The front end imports no model, layer, runner, platform, attention, KV-cache or sampler code
+and no plugin package: the resolved configuration, the model facts it tokenizes and
+validates with, and the KV capacity all come in the core's ready message. (Loading a
+transformers tokenizer imports torch all the same.)
 
 Usage from Python::
 
@@ -38,12 +43,11 @@ from typing import Any, AsyncIterator, Callable, Optional, Protocol, Union
 
 from llmserve.config import EngineArgs, EngineConfig
 from llmserve.engine.core_process import EngineInfo
-from llmserve.engine.input_processor import InputProcessor, fan_out_params, load_input_processor
+from llmserve.engine.input_processor import InputProcessor, fan_out_params
 from llmserve.engine.output_processor import OutputProcessor, RequestOutputKind
-from llmserve.request import EngineCoreRequest, RequestStatus
 from llmserve.outputs import RequestOutput
+from llmserve.request import EngineCoreRequest, RequestStatus
 from llmserve.sampling_params import SamplingParams
-from llmserve.scheduler.scheduler import QueueFullError
 
 __all__ = ["AsyncEngine", "EngineDeadError", "IterationStats", "QueueFullError",
            "RequestOutputKind", "RequestStream", "StatLogger"]
@@ -55,6 +59,11 @@ PromptInput = Union[str, list[int]]
 
 class EngineDeadError(RuntimeError):
     """The engine-core process is gone; no request can run any more."""
+
+
+class QueueFullError(RuntimeError):
+    """The core's waiting queue is full (``max_waiting_requests``): the scheduler's refusal,
+    as the core reports it across the process boundary."""
 
 
 @dataclass
@@ -120,25 +129,16 @@ class AsyncEngine:
     """The engine for ``asyncio`` callers: one request per ``generate`` call, many at once."""
 
     def __init__(self, args: EngineArgs, *, stat_logger: Optional[StatLogger] = None,
-                 plugin_manager=None, log_level: int = logging.WARNING) -> None:
-        """Resolve ``args`` (fails fast on bad values) and load the tokenizer; ``start()``
-        then starts the core process."""
-        from llmserve.engine.resolver import resolve_engine
-        from llmserve.plugins import get_plugin_manager
-
-        pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
-        resolved = resolve_engine(args, pm)
-        self.config: EngineConfig = resolved.config
-        self.frontend: InputProcessor = load_input_processor(resolved)
-        self.tokenizer = self.frontend.tokenizer
-        # The core re-resolves these arguments; pin the model to the directory resolved here
-        # so a hub model is fetched once.
-        self._engine_args = args.model_copy(update={"model": self.config.model.model,
-                                                    "tokenizer": self.config.model.tokenizer})
+                 log_level: int = logging.WARNING) -> None:
+        """Keep ``args`` (pydantic has checked each value); ``start()`` starts the core
+        process, which resolves them against the plugins and the model directory."""
+        self.engine_args = EngineArgs.model_validate(args)
         self.stat_logger = stat_logger
+        #: What the started core reported; None before ``start()``.
         self.info: Optional[EngineInfo] = None
+        self._frontend: Optional[InputProcessor] = None
+        self._output_processor: Optional[OutputProcessor] = None
         self._log_level = log_level
-        self._output_processor = OutputProcessor(self.tokenizer)
         self._streams: dict[str, RequestStream] = {}
         self._tracked: dict[str, _Tracked] = {}
         self._core_to_parent: dict[str, str] = {}
@@ -171,7 +171,14 @@ class AsyncEngine:
         await self.shutdown()
 
     async def start(self, timeout_s: float = 900.0) -> EngineInfo:
-        """Start the core process and wait until its model and KV cache are ready."""
+        """Start the core process, wait until its model and KV cache are ready, then load the
+        tokenizer the core names.
+
+        Raises ``ValueError`` when the core rejected the arguments for this model or machine
+        (an unsupported architecture, a ``max_model_len`` beyond the model's, a device that is
+        not there, a KV cache too small for one sequence), ``RuntimeError`` when it failed or
+        exited otherwise.
+        """
         if self._proc is not None:
             raise RuntimeError("the engine is already started")
         self._loop = asyncio.get_running_loop()
@@ -187,12 +194,16 @@ class AsyncEngine:
         self._input_conn, self._output_conn = core_input_w, core_output_r
         _track_live_engine(self)
         try:
-            core_input_w.send(("init", self._engine_args.model_dump(), self._log_level))
+            core_input_w.send(("init", self.engine_args.model_dump(), self._log_level))
             message = await self._loop.run_in_executor(None, self._wait_ready, timeout_s)
+            info = EngineInfo.from_message(message[1])
+            frontend = await self._loop.run_in_executor(None, InputProcessor.load, info.model)
         except BaseException:
             self._kill()
             raise
-        self.info = EngineInfo(**message[1])
+        self.info = info
+        self._frontend = frontend
+        self._output_processor = OutputProcessor(frontend.tokenizer)
         threading.Thread(target=self._writer, name="llmserve-engine-writer",
                          daemon=True).start()
         threading.Thread(target=self._reader, name="llmserve-engine-reader",
@@ -208,7 +219,10 @@ class AsyncEngine:
                     message = conn.recv()
                     if message[0] == "ready":
                         return message
-                    raise RuntimeError(f"the engine core failed to start: {message[1]}")
+                    _, kind, text = message
+                    if kind == "invalid":
+                        raise ValueError(text)
+                    raise RuntimeError(f"the engine core failed to start: {text}")
             except (EOFError, OSError):
                 raise RuntimeError(f"the engine core exited during start-up "
                                    f"(exit code {_wait(proc, 5)})") from None
@@ -273,12 +287,33 @@ class AsyncEngine:
         return dict(self._engine_stats)
 
     @property
+    def config(self) -> EngineConfig:
+        """The configuration the core resolved (frozen; available once started)."""
+        return self._started_info().config
+
+    @property
+    def frontend(self) -> InputProcessor:
+        """Tokenizer, EOS ids, sampling defaults and request checks (once started)."""
+        self._started_info()
+        return self._frontend
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.frontend.tokenizer
+
+    @property
     def max_model_len(self) -> int:
-        return self.config.model.max_model_len
+        return self.frontend.max_model_len
 
     @property
     def vocab_size(self) -> int:
         return self.frontend.vocab_size
+
+    def _started_info(self) -> EngineInfo:
+        if self.info is None:
+            raise RuntimeError("the engine is not started: its configuration and tokenizer "
+                               "come from the engine core (await start() first)")
+        return self.info
 
     # -- requests -------------------------------------------------------------------------
 
@@ -339,6 +374,8 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         """Abort a request: the core finishes it and frees its KV blocks. Unknown ids are
         ignored."""
+        if self._output_processor is None:
+            return
         core_ids = self._output_processor.core_ids(request_id)
         if not core_ids:
             return

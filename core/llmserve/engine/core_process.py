@@ -11,7 +11,9 @@ Front end -> core (one pickled tuple per message):
 
     ("init", EngineArgs as a dict, log level)
                                           the first message; the core builds its own plugin
-                                          manager and resolves the arguments again
+                                          manager and resolves the arguments (the front end
+                                          never imports the resolver, the models or the
+                                          platforms: all it learns comes in "ready")
     ("add", [EngineCoreRequest, ...])    all of one user request's completions; accepted whole
                                           or rejected whole (answered in an "acks" message)
     ("abort", [core request id, ...], RequestStatus)
@@ -21,8 +23,11 @@ Front end -> core (one pickled tuple per message):
 
 Core -> front end:
 
-    ("ready", info)                       after start-up; ``info`` is ``EngineInfo`` as a dict
-    ("startup_failed", message)           start-up raised; the process then exits 1
+    ("ready", info)                       after start-up; ``info`` is
+                                          ``EngineInfo.to_message()``: plain values only
+    ("startup_failed", kind, message)     start-up raised; the process then exits 1. kind
+                                          "invalid": a ValueError (a bad argument for this
+                                          model or machine); "error": anything else
     ("acks", [(first core id, None | (error kind, message)), ...])
                                           one per "add", in order; kinds: "queue_full", "invalid"
     ("outputs", [EngineCoreOutput, ...], stats, queue_times)
@@ -41,24 +46,44 @@ group must reach only the front end, which drains in-flight requests before send
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from llmserve.config import EngineConfig
+from llmserve.engine.input_processor import ModelFacts, read_model_facts
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class EngineInfo:
-    """What the front end learns from a started core."""
+    """What the front end learns from a started core: the resolved configuration, the model
+    facts its ``InputProcessor`` is built from, and the KV cache the core allocated."""
 
     pid: int
+    #: The torch device the model runs on ("cpu", "cuda:0").
     device: str
     num_blocks: int
     block_size: int
     kv_capacity_tokens: int
     startup_s: float
+    config: EngineConfig
+    model: ModelFacts
+
+    def to_message(self) -> dict[str, Any]:
+        """Plain values (no class of the core's) for the "ready" message."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["config"] = self.config.model_dump()
+        values["model"] = asdict(self.model)
+        return values
+
+    @classmethod
+    def from_message(cls, values: dict[str, Any]) -> "EngineInfo":
+        return cls(**{**values, "config": EngineConfig.model_validate(values["config"]),
+                      "model": ModelFacts(**values["model"])})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,14 +111,15 @@ def run_engine_core(engine_args: dict[str, Any], input_conn, output_conn,
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s [core]: %(message)s")
     try:
         core = _build_core(engine_args)
+    except ValueError as exc:
+        logger.debug("engine core start-up failed", exc_info=True)
+        _send_quietly(output_conn, ("startup_failed", "invalid", str(exc)))
+        raise SystemExit(1)
     except BaseException as exc:  # noqa: BLE001 - anything at start-up is reported the same way
         logger.debug("engine core start-up failed", exc_info=True)
-        _send_quietly(output_conn, ("startup_failed", f"{type(exc).__name__}: {exc}"))
+        _send_quietly(output_conn, ("startup_failed", "error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1)
-    info = EngineInfo(pid=_getpid(), device=str(core.device), num_blocks=core.num_blocks,
-                      block_size=core.resolved.config.cache.block_size,
-                      kv_capacity_tokens=core.kv_capacity_tokens, startup_s=core.startup_s)
-    output_conn.send(("ready", asdict(info)))
+    output_conn.send(("ready", engine_info(core).to_message()))
     try:
         EngineCoreLoop(core, input_conn, output_conn).run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -104,10 +130,13 @@ def run_engine_core(engine_args: dict[str, Any], input_conn, output_conn,
         raise SystemExit(1)
 
 
-def _getpid() -> int:
-    import os
-
-    return os.getpid()
+def engine_info(core) -> EngineInfo:
+    """The "ready" message's contents for a started ``EngineCore``."""
+    config = core.resolved.config
+    return EngineInfo(pid=os.getpid(), device=str(core.device), num_blocks=core.num_blocks,
+                      block_size=config.cache.block_size,
+                      kv_capacity_tokens=core.kv_capacity_tokens, startup_s=core.startup_s,
+                      config=config, model=read_model_facts(core.resolved))
 
 
 def _build_core(engine_args: dict[str, Any]):

@@ -2,7 +2,10 @@
 generation-config defaults and request validation.
 
 ``LLMEngine`` (in-process core) and ``AsyncEngine`` (core in its own process) share these, so
-a prompt or a sampling value that one rejects the other rejects with the same message.
+a prompt or a sampling value that one rejects the other rejects with the same message. Both
+build their ``InputProcessor`` from ``ModelFacts``: plain values that the engine core reads
+from the model directory and, when it runs in its own process, sends in its ready message,
+so that the serving front end imports no torch, model, platform or sampler code.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from llmserve.sample import check_token_ids
-from llmserve.sampling_params import SamplingParams
+from llmserve.sampling_params import SamplingParams, check_token_ids
 
 #: generation_config.json keys that become default sampling values (as vLLM does).
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -22,6 +24,36 @@ GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_pen
 def read_generation_config(model_dir: str) -> dict[str, Any]:
     path = Path(model_dir) / "generation_config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a front end must know about the model to tokenize, validate and end requests."""
+
+    vocab_size: int
+    max_model_len: int
+    #: Tokenizer directory or hub id; None when the engine runs on token ids only
+    #: (``skip_tokenizer_init``).
+    tokenizer: Optional[str]
+    #: generation_config.json's ``eos_token_id`` (an int or a list: chat models such as
+    #: Llama 3 list several), else config.json's, as HF's ``GenerationConfig`` falls back;
+    #: the tokenizer's EOS joins these.
+    eos_token_id: Union[int, list[int], None]
+    #: generation_config.json's sampling defaults (its ``GENERATION_DEFAULTS`` keys).
+    default_sampling_values: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model_facts(resolved) -> ModelFacts:
+    """The ``ModelFacts`` of a ``ResolvedEngine`` (its config.json and model directory)."""
+    config = resolved.config
+    gen = read_generation_config(config.model.model)
+    return ModelFacts(
+        vocab_size=resolved.hf_config["vocab_size"],
+        max_model_len=config.model.max_model_len,
+        tokenizer=None if resolved.skip_tokenizer_init else config.model.tokenizer,
+        eos_token_id=gen.get("eos_token_id", resolved.hf_config.get("eos_token_id")),
+        default_sampling_values={k: gen[k] for k in GENERATION_DEFAULTS if k in gen},
+    )
 
 
 @dataclass
@@ -33,6 +65,18 @@ class InputProcessor:
     vocab_size: int
     max_model_len: int
     default_sampling_values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, facts: ModelFacts) -> "InputProcessor":
+        """Load the tokenizer ``facts`` name (if any) and gather the EOS ids."""
+        from llmserve.tokenizer import eos_token_ids, load_tokenizer
+
+        tokenizer = load_tokenizer(facts.tokenizer) if facts.tokenizer is not None else None
+        return cls(tokenizer=tokenizer,
+                   eos_token_ids=eos_token_ids(tokenizer, facts.eos_token_id),
+                   vocab_size=facts.vocab_size,
+                   max_model_len=facts.max_model_len,
+                   default_sampling_values=dict(facts.default_sampling_values))
 
     def default_sampling_params(self) -> SamplingParams:
         return SamplingParams(**self.default_sampling_values)
@@ -49,28 +93,6 @@ class InputProcessor:
         """Raise ``ValueError`` naming the problem if the request cannot run."""
         validate_prompt(token_ids, self.max_model_len, self.vocab_size)
         check_token_ids(params, self.vocab_size)
-
-
-def load_input_processor(resolved) -> InputProcessor:
-    """Tokenizer, EOS ids and sampling defaults of a ``ResolvedEngine``."""
-    from llmserve.tokenizer import eos_token_ids, load_tokenizer
-
-    config = resolved.config
-    gen = read_generation_config(config.model.model)
-    if resolved.skip_tokenizer_init:
-        tokenizer = None
-        eos = gen.get("eos_token_id", resolved.hf_config.get("eos_token_id"))
-        eos_ids = frozenset([eos] if isinstance(eos, int) else eos or [])
-    else:
-        tokenizer = load_tokenizer(config.model.tokenizer)
-        eos_ids = eos_token_ids(tokenizer, gen.get("eos_token_id"))
-    return InputProcessor(
-        tokenizer=tokenizer,
-        eos_token_ids=eos_ids,
-        vocab_size=resolved.hf_config["vocab_size"],
-        max_model_len=config.model.max_model_len,
-        default_sampling_values={k: gen[k] for k in GENERATION_DEFAULTS if k in gen},
-    )
 
 
 def validate_prompt(token_ids: list[int], max_model_len: int, vocab_size: int) -> None:

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from llmserve.config import EngineArgs
 from llmserve.engine.core import EngineCore
-from llmserve.engine.input_processor import fan_out_params, load_input_processor
+from llmserve.engine.input_processor import InputProcessor, fan_out_params, read_model_facts
 from llmserve.engine.output_processor import OutputProcessor
 from llmserve.request import EngineCoreRequest, RequestStatus
 from llmserve.engine.resolver import resolve_engine
@@ -22,7 +22,7 @@ class LLMEngine:
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         resolved = resolve_engine(args, pm)
         self.config = resolved.config
-        self.frontend = load_input_processor(resolved)
+        self.frontend = InputProcessor.load(read_model_facts(resolved))
         self.tokenizer = self.frontend.tokenizer
         self.vocab_size = self.frontend.vocab_size
         self.core = EngineCore(resolved, pm)

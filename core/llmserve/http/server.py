@@ -2,8 +2,9 @@
 
 Life cycle:
 
-- start-up: resolve the engine arguments (a bad value exits 2 with its message), start the
-  core process and wait for its KV cache, bind the socket, print model / device / KV
+- start-up: check the engine arguments, start the core process, which resolves them against
+  the model and the machine, and wait for its KV cache (a bad value, found either here or by
+  the core, exits 2 with its message on one line), bind the socket, print model / device / KV
   capacity / URL, serve;
 - SIGTERM or Ctrl-C: uvicorn stops accepting connections and lets in-flight requests finish
   (``--shutdown-timeout`` bounds the wait), then the core is stopped and the process exits 0;
@@ -74,8 +75,7 @@ def run_server(args: argparse.Namespace) -> int:
         if os.environ.get(API_KEY_ENV):
             api_keys.append(os.environ[API_KEY_ENV])
         log_level = logging.getLogger().getEffectiveLevel()
-        engine = AsyncEngine(engine_args, plugin_manager=getattr(args, "plugin_manager", None),
-                             log_level=log_level)
+        engine = AsyncEngine(engine_args, log_level=log_level)
     except (ValueError, ValidationError) as exc:
         print(f"llmserve serve: {exc}", file=sys.stderr)
         return 2
@@ -111,13 +111,16 @@ async def _serve(engine, args: argparse.Namespace, api_keys: list[str], state: d
     from llmserve.http.app import build_app
     from llmserve.http.metrics import ServerMetrics
 
-    metrics = ServerMetrics(engine.config.model.served_model_name)
-    engine.stat_logger = metrics
     try:
         info = await engine.start()
+    except ValueError as exc:
+        print(f"llmserve serve: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"llmserve serve: {exc}", file=sys.stderr)
         return 1
+    metrics = ServerMetrics(engine.config.model.served_model_name)
+    engine.stat_logger = metrics
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:

@@ -16,7 +16,7 @@ from llmserve.engine.async_engine import AsyncEngine, RequestStream
 from llmserve.engine.input_processor import validate_prompt
 from llmserve.http.errors import APIError, ClientDisconnected, describe_validation_errors
 from llmserve.outputs import Logprob
-from llmserve.sampling_params import SamplingParams
+from llmserve.sampling_params import SamplingParams, check_token_ids
 
 T = TypeVar("T")
 
@@ -92,8 +92,6 @@ class ServingContext:
             message, param = describe_validation_errors(exc.errors())
             raise APIError(message, 400, param) from None
         try:
-            from llmserve.sample import check_token_ids
-
             check_token_ids(params, self.engine.vocab_size)
         except ValueError as exc:
             raise APIError(str(exc), 400, _param_in(str(exc))) from None

@@ -5,7 +5,7 @@ from llmserve.sample.logits_processor import (
     LogitsProcessor,
     make_logits_processors,
 )
-from llmserve.sample.metadata import SamplingMetadata, check_token_ids
+from llmserve.sample.metadata import SamplingMetadata
 from llmserve.sample.sampler import (
     LogprobsTensors,
     Sampler,
@@ -13,6 +13,7 @@ from llmserve.sample.sampler import (
     compute_prompt_logprobs,
     gather_logprobs,
 )
+from llmserve.sampling_params import check_token_ids
 
 __all__ = [
     "BUILTIN_LOGITS_PROCESSORS",

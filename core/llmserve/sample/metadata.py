@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmserve.sampling_params import SAMPLING_EPS, SamplingParams
+from llmserve.sampling_params import SAMPLING_EPS, SamplingParams, check_token_ids
 
 
 @dataclass
@@ -204,24 +204,6 @@ class SamplingMetadata:
                 if p.logits_processors
             ]
         return md
-
-
-def check_token_ids(params: SamplingParams, vocab_size: int) -> None:
-    """Raise ``ValueError`` naming the field if ``params`` refers to a token outside the vocab.
-
-    The engine should call this when a request arrives; ``build`` checks again for safety.
-    """
-    for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids",
-                                                          params.allowed_token_ids)):
-        if ids is None:
-            continue
-        if name == "allowed_token_ids" and not ids:
-            raise ValueError("allowed_token_ids must not be empty")
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(
-                f"{name} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
-            )
 
 
 def _tensor(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

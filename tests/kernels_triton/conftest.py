@@ -22,7 +22,7 @@ MODE = os.environ.get("LLMSERVE_TRITON_TESTS", "")
 if MODE == "interpret":
     if "llmserve_triton.kernels.attention" in sys.modules:
         raise pytest.UsageError("Triton kernels were imported before TRITON_INTERPRET was set: "
-                                "run tests/triton in its own pytest process")
+                                "run tests/kernels_triton in its own pytest process")
     os.environ["TRITON_INTERPRET"] = "1"
     collect_ignore_glob = ["test_triton_compile*.py"]
 elif MODE == "compile":
