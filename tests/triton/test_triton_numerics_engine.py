@@ -1,6 +1,6 @@
 """The whole engine with the Triton backend (interpreted) against the torch backend: same
 greedy tokens and log-probabilities on tiny fp32 models, through chunked prefill, prefix-cache
-hits and mixed prefill/decode steps."""
+hits, mixed prefill/decode steps and sliding-window attention."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ class _ChooseBackend:
         return self.name
 
 
-def _generate(model_dir: str, backend: str, waves: list[list[list[int]]]):
-    """Greedy completions of each wave of prompts, a wave starting when the last one ends."""
+def _generate(model_dir: str, backend: str, waves: list[list[list[int]]],
+              sliding_window: int | None = None):
+    """Greedy completions of each wave of prompts, a wave starting when the last one ends.
+    ``sliding_window``: the window every attention layer of the model must have."""
     pm = fresh_plugin_manager()
     register_plugin(pm, llmserve_triton.plugin, "triton")
     register_plugin(pm, _ChooseBackend(backend), "choose")
@@ -34,6 +36,8 @@ def _generate(model_dir: str, backend: str, waves: list[list[list[int]]]):
                                   max_num_batched_tokens=24, block_size=16,
                                   skip_tokenizer_init=True), pm)
     assert engine.core.runner.attn_backend.name == backend
+    backends = [layer.attn for layer in engine.core.runner.model.attention_layers()]
+    assert backends and all(b.sliding_window == sliding_window for b in backends)
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=3)
     results = []
     for wave in waves:
@@ -61,9 +65,31 @@ def test_engine_greedy_matches_torch_backend(arch, tmp_path, bpe_tokenizer):
     expected = _generate(model_dir, "torch", waves)
     actual = _generate(model_dir, "triton", waves)
     assert expected[-1].num_cached_tokens == actual[-1].num_cached_tokens == 32
+    _assert_same_outputs(expected, actual)
+
+
+def _assert_same_outputs(expected, actual):
     for exp, act in zip((e.outputs[0] for e in expected), (a.outputs[0] for a in actual)):
         assert act.token_ids == exp.token_ids
         for exp_pos, act_pos in zip(exp.logprobs, act.logprobs):
             assert exp_pos.keys() == act_pos.keys()
             for tok in exp_pos:
                 assert act_pos[tok].logprob == pytest.approx(exp_pos[tok].logprob, abs=1e-4)
+
+
+def test_engine_sliding_window_matches_torch_backend(tmp_path, bpe_tokenizer):
+    # Mistral-style: every layer windowed to 24 tokens over blocks of 16, so the window starts
+    # mid-block; prompts up to 70 tokens arrive in chunks of at most 24 and then decode.
+    window = 24
+    model_dir = str(make_tiny_model(tmp_path / "mistral", "MistralForCausalLM",
+                                    tokenizer=bpe_tokenizer, seed=5, sliding_window=window))
+    rng = random.Random(1)
+    waves = [[[rng.randrange(4, 500) for _ in range(n)] for n in (3, 30, 47, 70)]]
+    expected = _generate(model_dir, "torch", waves, sliding_window=window)
+    actual = _generate(model_dir, "triton", waves, sliding_window=window)
+    _assert_same_outputs(expected, actual)
+    # The window matters on these prompts: full attention gives other log-probabilities.
+    full_dir = str(make_tiny_model(tmp_path / "mistral-full", "MistralForCausalLM",
+                                   tokenizer=bpe_tokenizer, seed=5))
+    full = _generate(full_dir, "torch", waves)
+    assert full[-1].outputs[0].logprobs != expected[-1].outputs[0].logprobs
