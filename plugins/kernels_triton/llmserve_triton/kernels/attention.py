@@ -286,7 +286,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
     block_tables: [num_seqs, max_blocks]; seq_lens: [num_seqs] (context + new tokens);
     query_start_loc: [num_seqs + 1]. ``max_query_len`` and ``max_seq_len`` are host integers
     (no sync). ``sliding_window``: a query at position p sees keys p - sliding_window < k <= p,
-    and no K/V (or block-table entry) wholly behind its window is read; ``None`` attends to the
+    and nothing behind the window (K/V or block-table entry) is read; ``None`` attends to the
     whole sequence. ``num_splits`` forces a split-KV factor (a power of two); ``None`` plans one
     from ``target_programs`` (default: two per SM on a GPU, never on CPU). Returns [T, H, D]
     in q's dtype (or writes ``out``). The new tokens' K/V must already be in the cache.
