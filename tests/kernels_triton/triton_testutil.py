@@ -77,12 +77,34 @@ def make_paged_batch(seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: 
 
 
 def run_backend(backend_cls, batch: PagedBatch, num_heads: int, num_kv_heads: int,
-                head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+                head_dim: int, sliding_window: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, cache after the step) of one forward on a copy of the batch's cache."""
     cache = batch.kv_cache.clone()
     md = AttentionMetadata(**{f: getattr(batch.md, f) for f in batch.md.__dataclass_fields__
                               if f != "backend_state"})
-    backend = backend_cls(num_heads, head_dim, num_kv_heads, head_dim ** -0.5)
+    backend = backend_cls(num_heads, head_dim, num_kv_heads, head_dim ** -0.5,
+                          sliding_window=sliding_window)
     backend_cls.prepare(md)
     out = backend.forward(batch.q, batch.k, batch.v, cache, md)
     return out, cache
+
+
+def poison_behind_window(kv_cache: torch.Tensor, md: AttentionMetadata,
+                         sliding_window: int) -> int:
+    """Fill with NaN, in place, every cache slot that no query of this step may see: the
+    positions before the window of each sequence's first query. Whole blocks behind the
+    window stand for blocks the KV manager has freed and handed to another request; the
+    positions before the window inside a live block show whether loads are masked per
+    element. A kernel that reads any of them (even to multiply by a zero weight) returns NaN.
+    Returns how many slots were poisoned, so a test can check it poisoned something."""
+    poisoned = 0
+    block_size = kv_cache.shape[2]
+    for seq in range(md.num_seqs):
+        context = int(md.seq_lens[seq] - md.query_lens[seq])
+        window_start = max(0, context - sliding_window + 1)
+        for pos in range(window_start):
+            block = int(md.block_tables[seq, pos // block_size])
+            kv_cache[:, block, pos % block_size] = float("nan")
+        poisoned += window_start
+    return poisoned

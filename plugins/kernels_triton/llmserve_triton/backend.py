@@ -3,7 +3,9 @@
 Per layer and step: ``reshape_and_cache`` writes the new tokens' K/V through
 ``slot_mapping``, then one ``paged_attention`` launch covers every sequence of the flat batch
 (prefill chunks and decode tokens alike), plus a small reduction launch when the step's
-split-KV plan cuts long contexts across programs.
+split-KV plan cuts long contexts across programs. Sliding-window layers pass their window to
+the kernel, which reads only the blocks inside it (blocks behind it may already belong to
+another request).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from llmserve.attention.backend import AttentionBackend, AttentionMetadata
 
 from llmserve_triton.kernels.attention import (
     attention_config,
+    check_sliding_window,
     default_target_programs,
     padded_head_dim,
     paged_attention,
@@ -27,20 +30,23 @@ from llmserve_triton.kernels.cache import reshape_and_cache
 @dataclass
 class _StepState:
     target_programs: int
-    #: (num_kv_heads, queries per kv head, head_dim) -> split factor; layers of one model
-    #: share a shape, so the plan is computed once per step, on the first layer.
-    num_splits: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    #: (num_kv_heads, queries per kv head, head_dim, sliding_window) -> split factor; layers
+    #: of one model share a shape, so the plan is computed once per step and kind of layer.
+    num_splits: dict[tuple[int, int, int, int | None], int] = field(default_factory=dict)
 
 
 class TritonPagedAttention(AttentionBackend):
     name = "triton"
+    supports_sliding_window = True
 
     #: Programs the split-KV planner aims for; ``None``: two per SM on a GPU, never split on
     #: CPU. A platform plugin (or a test) may set it on a subclass.
     target_programs: ClassVar[int | None] = None
 
-    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float) -> None:
-        super().__init__(num_heads, head_dim, num_kv_heads, scale)
+    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
+                 sliding_window: int | None = None) -> None:
+        super().__init__(num_heads, head_dim, num_kv_heads, scale, sliding_window)
+        check_sliding_window(sliding_window)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads "
                              f"{num_kv_heads}")
@@ -67,13 +73,13 @@ class TritonPagedAttention(AttentionBackend):
             type(self).prepare(md)
             st = md.backend_state
         qpk = self.num_heads // self.num_kv_heads
-        key = (self.num_kv_heads, qpk, self.head_dim)
+        key = (self.num_kv_heads, qpk, self.head_dim, self.sliding_window)
         splits = st.num_splits.get(key)
         if splits is None:
             cfg = attention_config(md.max_query_len, qpk, self.head_dim)
             splits = st.num_splits[key] = plan_num_splits(
                 md.num_tokens, md.num_seqs, md.max_seq_len, self.num_kv_heads, cfg,
-                st.target_programs)
+                st.target_programs, self.sliding_window)
         return splits
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -89,4 +95,4 @@ class TritonPagedAttention(AttentionBackend):
         return paged_attention(
             q, key_cache, value_cache, md.block_tables, md.seq_lens, md.query_start_loc,
             max_query_len=md.max_query_len, max_seq_len=md.max_seq_len, scale=self.scale,
-            num_splits=self._num_splits(md))
+            sliding_window=self.sliding_window, num_splits=self._num_splits(md))

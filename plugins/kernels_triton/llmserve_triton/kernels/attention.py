@@ -17,10 +17,21 @@ online softmax in base 2 and fp32 accumulation. Query ``i`` of a sequence with `
 cached tokens sits at absolute position ``context + i`` and sees keys ``<=`` that; a program
 stops at the last key its last query can see.
 
+Sliding window (``SLIDING_WINDOW`` > 0, a compile-time constant: 0 builds exactly the
+full-attention kernel). A query at position ``p`` sees keys ``p - SLIDING_WINDOW < k <= p``.
+The KV manager returns blocks that fell wholly behind the window to the pool, where other
+requests overwrite them, so a program must never touch them: it starts its key loop at the
+tile holding its first query's window start (the lowest of its queries) and masks every load
+below that start, so neither the block-table entries nor the K/V rows behind it are read.
+Keys between that start and a later query's own window start are loaded (they are live for
+the first query) and masked out of that query's scores.
+
 Split-KV. When there are too few (q-block, KV head) programs to fill the GPU, typically a
-decode batch with long contexts, axis 2 of the grid splits each program's tiles into
-``NUM_SPLITS`` contiguous ranges; each writes an unnormalised partial output with its row
-max and exp-sum, and ``reduce_splits_kernel`` combines them.
+decode batch with long contexts, axis 2 of the grid splits each program's tiles (those of its
+window, when windowed) into ``NUM_SPLITS`` contiguous ranges; each writes an unnormalised
+partial output with its row max and exp-sum, and ``reduce_splits_kernel`` combines them. A
+range can be empty (fewer tiles than splits); it writes max ``-inf`` and sum 0, which the
+reduction weighs by 0.
 """
 
 from __future__ import annotations
@@ -67,7 +78,7 @@ def paged_attention_kernel(
     stride_c_block, stride_c_slot, stride_c_head, stride_bt_seq, block_size,
     NUM_QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, IS_FP32: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, IS_FP32: tl.constexpr, SLIDING_WINDOW: tl.constexpr,
 ):
     q_block_idx = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -93,17 +104,23 @@ def paged_attention_kernel(
                 + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
     q_abs = context_len + q_pos  # absolute position of each row's query
 
-    # Keys this program needs: up to the last position its last query sees.
+    # Keys this program needs: up to the last position its last query sees, and with a window
+    # from the first position its first query sees.
     last_q = tl.minimum((q_block_local + 1) * BLOCK_Q, q_len) - 1
     kv_len = context_len + last_q + 1
-    num_tiles = tl.cdiv(kv_len, TILE_N)
-    if NUM_SPLITS == 1:
-        tile_lo = 0
-        tile_hi = num_tiles
+    tile_end = tl.cdiv(kv_len, TILE_N)
+    if SLIDING_WINDOW > 0:
+        kv_start = tl.maximum(context_len + q_block_local * BLOCK_Q - SLIDING_WINDOW + 1, 0)
+        tile_start = kv_start // TILE_N
     else:
-        per_split = tl.cdiv(num_tiles, NUM_SPLITS)
-        tile_lo = split * per_split
-        tile_hi = tl.minimum(tile_lo + per_split, num_tiles)
+        tile_start = 0
+    if NUM_SPLITS == 1:
+        tile_lo = tile_start
+        tile_hi = tile_end
+    else:
+        per_split = tl.cdiv(tile_end - tile_start, NUM_SPLITS)
+        tile_lo = tile_start + split * per_split
+        tile_hi = tl.minimum(tile_lo + per_split, tile_end)
 
     qk_scale = scale * 1.4426950408889634  # log2(e): exp2 below
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -113,7 +130,10 @@ def paged_attention_kernel(
     head_off = kv_head.to(tl.int64) * stride_c_head
     for tile in range(tile_lo, tile_hi):
         keys = tile * TILE_N + tl.arange(0, TILE_N)
-        key_ok = keys < kv_len
+        if SLIDING_WINDOW > 0:
+            key_ok = (keys >= kv_start) & (keys < kv_len)
+        else:
+            key_ok = keys < kv_len
         block = tl.load(bt_row + keys // block_size, mask=key_ok, other=0).to(tl.int64)
         kv_off = block * stride_c_block + (keys % block_size) * stride_c_slot + head_off
         k = tl.load(key_cache_ptr + kv_off[None, :] + dims[:, None],
@@ -126,6 +146,8 @@ def paged_attention_kernel(
             s = tl.dot(q, k)
         s = s * qk_scale
         visible = (keys[None, :] <= q_abs[:, None]) & key_ok[None, :]
+        if SLIDING_WINDOW > 0:
+            visible = visible & (keys[None, :] > q_abs[:, None] - SLIDING_WINDOW)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid NaN.
@@ -211,18 +233,25 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def plan_num_splits(num_tokens: int, num_seqs: int, max_seq_len: int, num_kv_heads: int,
-                    config: AttentionConfig, target_programs: int) -> int:
+                    config: AttentionConfig, target_programs: int,
+                    sliding_window: int | None = None) -> int:
     """How many KV ranges each program's keys are cut into (a power of two, 1 = no split).
 
     Split only while the un-split grid has fewer than ``target_programs`` programs (about two
-    per SM), and never into ranges shorter than ``MIN_TILES_PER_SPLIT`` tiles. The partial
-    buffers hold ``num_tokens * num_heads * splits`` rows, and a small grid implies few
-    tokens, so they stay small.
+    per SM), and never into ranges shorter than ``MIN_TILES_PER_SPLIT`` tiles. A program's keys
+    are ``[0, seq_len)``, or with a window at most ``sliding_window + block_q - 1`` of them
+    (its first query's window to its last query), so a small window over a long context is
+    not split into ranges with nothing to do. The partial buffers hold
+    ``num_tokens * num_heads * splits`` rows, and a small grid implies few tokens, so they
+    stay small.
     """
     programs = (num_tokens // config.block_q + num_seqs) * num_kv_heads
     if programs >= target_programs:
         return 1
-    by_length = triton.cdiv(max_seq_len, config.tile_n) // MIN_TILES_PER_SPLIT
+    keys_per_program = max_seq_len
+    if sliding_window is not None:
+        keys_per_program = min(max_seq_len, sliding_window + config.block_q - 1)
+    by_length = triton.cdiv(keys_per_program, config.tile_n) // MIN_TILES_PER_SPLIT
     n = min(MAX_SPLITS, triton.cdiv(target_programs, programs), by_length)
     return 1 if n < 2 else 1 << (n.bit_length() - 1)
 
@@ -248,15 +277,17 @@ def _dummy_fp32(device: torch.device) -> torch.Tensor:
 def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
                     query_start_loc: torch.Tensor, *, max_query_len: int, max_seq_len: int,
-                    scale: float, num_splits: int | None = None,
-                    target_programs: int | None = None,
+                    scale: float, sliding_window: int | None = None,
+                    num_splits: int | None = None, target_programs: int | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of the flat batch's queries over each sequence's paged K/V.
 
     q: [T, H, D]; key_cache, value_cache: [num_blocks, block_size, KVH, D] (same strides);
     block_tables: [num_seqs, max_blocks]; seq_lens: [num_seqs] (context + new tokens);
     query_start_loc: [num_seqs + 1]. ``max_query_len`` and ``max_seq_len`` are host integers
-    (no sync). ``num_splits`` forces a split-KV factor (a power of two); ``None`` plans one
+    (no sync). ``sliding_window``: a query at position p sees keys p - sliding_window < k <= p,
+    and nothing behind the window (K/V or block-table entry) is read; ``None`` attends to the
+    whole sequence. ``num_splits`` forces a split-KV factor (a power of two); ``None`` plans one
     from ``target_programs`` (default: two per SM on a GPU, never on CPU). Returns [T, H, D]
     in q's dtype (or writes ``out``). The new tokens' K/V must already be in the cache.
     """
@@ -271,6 +302,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         raise ValueError("q, the caches and block_tables must be contiguous in the last dim")
     if key_cache.dtype != q.dtype:
         raise TypeError(f"cache dtype {key_cache.dtype} != q dtype {q.dtype}")
+    check_sliding_window(sliding_window)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     num_seqs = seq_lens.shape[0]
@@ -282,7 +314,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         if target_programs is None:
             target_programs = default_target_programs(q.device)
         num_splits = plan_num_splits(num_tokens, num_seqs, max_seq_len, num_kv_heads, cfg,
-                                     target_programs)
+                                     target_programs, sliding_window)
     if num_splits < 1 or num_splits & (num_splits - 1):
         raise ValueError(f"num_splits must be a power of two, got {num_splits}")
     head_dim_p = padded_head_dim(head_dim)
@@ -303,7 +335,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         block_size,
         num_warps=cfg.num_warps,
-        **_attention_constexprs(cfg, qpk, head_dim, num_splits, q.dtype),
+        **_attention_constexprs(cfg, qpk, head_dim, num_splits, q.dtype, sliding_window),
     )
     if num_splits > 1:
         reduce_splits_kernel[(num_tokens, num_heads)](
@@ -314,12 +346,20 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
     return out
 
 
+def check_sliding_window(sliding_window: int | None) -> None:
+    if sliding_window is not None and (isinstance(sliding_window, bool)
+                                       or not isinstance(sliding_window, int)
+                                       or sliding_window < 1):
+        raise ValueError(f"sliding_window must be None or an int >= 1, got {sliding_window!r}")
+
+
 def _attention_constexprs(cfg: AttentionConfig, qpk: int, head_dim: int, num_splits: int,
-                          dtype: torch.dtype) -> dict:
+                          dtype: torch.dtype, sliding_window: int | None) -> dict:
+    """``SLIDING_WINDOW`` 0 is full attention: the windowed code is compiled out."""
     return {"NUM_QUERIES_PER_KV": qpk, "HEAD_DIM": head_dim,
             "HEAD_DIM_P": padded_head_dim(head_dim), "BLOCK_M": cfg.block_m,
             "BLOCK_Q": cfg.block_q, "TILE_N": cfg.tile_n, "NUM_SPLITS": num_splits,
-            "IS_FP32": dtype == torch.float32}
+            "IS_FP32": dtype == torch.float32, "SLIDING_WINDOW": sliding_window or 0}
 
 
 def _reduce_constexprs(head_dim: int, num_splits: int) -> dict:
@@ -334,10 +374,13 @@ def _reduce_num_warps(head_dim_p: int) -> int:
 #: (num_heads, num_kv_heads, head_dim) of the shapes the compile tests build: Llama-3-8B,
 #: Qwen2.5-0.5B (7 queries per KV head), and a padded head size.
 AOT_SHAPES = ((32, 8, 128), (14, 2, 64), (4, 4, 24))
+#: Windows the compile tests build besides full attention (None): Mistral-7B's.
+AOT_SLIDING_WINDOWS = (None, 4096)
 
 
 def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
-    """Decode and prefill configs for each shape in ``AOT_SHAPES``, split and unsplit."""
+    """Decode and prefill configs for each shape in ``AOT_SHAPES``, split and unsplit, with
+    full attention and each window in ``AOT_SLIDING_WINDOWS``."""
     specs = []
     types = {n: "i32" for n in paged_attention_kernel.arg_names}
     types.update(out_ptr=ptr(dtype), q_ptr=ptr(dtype), key_cache_ptr=ptr(dtype),
@@ -352,11 +395,13 @@ def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
         for phase, max_query_len, splits in (("decode", 1, 8), ("prefill", 512, 1)):
             cfg = attention_config(max_query_len, qpk, head_dim)
             for num_splits in sorted({1, splits}):
-                specs.append(AotSpec(
-                    paged_attention_kernel, types,
-                    _attention_constexprs(cfg, qpk, head_dim, num_splits, dtype),
-                    num_warps=cfg.num_warps,
-                    label=f"h{num_heads}-kvh{num_kv_heads}-d{head_dim}-{phase}-split{num_splits}"))
+                for window in AOT_SLIDING_WINDOWS:
+                    specs.append(AotSpec(
+                        paged_attention_kernel, types,
+                        _attention_constexprs(cfg, qpk, head_dim, num_splits, dtype, window),
+                        num_warps=cfg.num_warps,
+                        label=f"h{num_heads}-kvh{num_kv_heads}-d{head_dim}-{phase}"
+                              f"-split{num_splits}" + (f"-window{window}" if window else "")))
         specs.append(AotSpec(reduce_splits_kernel, reduce_types, _reduce_constexprs(head_dim, 8),
                              num_warps=_reduce_num_warps(padded_head_dim(head_dim)),
                              label=f"reduce-d{head_dim}-split8"))
