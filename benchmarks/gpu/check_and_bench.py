@@ -113,7 +113,14 @@ def check_kernels(out_dir: str) -> dict:
     return report
 
 
-def parity(out_dir: str, dtype: str = "bfloat16", **engine_kwargs) -> dict:
+#: Model configs of the parity phases: HF architecture -> config overrides.
+PARITY_MODELS = {"LlamaForCausalLM": {}, "Qwen2ForCausalLM": {}}
+#: ``parity-window``: Mistral with a sliding window shorter than most prompts, on a cache
+#: small enough that blocks freed behind the window are reused.
+WINDOW_MODELS = {"MistralForCausalLM": {"sliding_window": 200}}
+
+
+def parity(out_dir: str, dtype: str = "bfloat16", models=None, **engine_kwargs) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -122,16 +129,16 @@ def parity(out_dir: str, dtype: str = "bfloat16", **engine_kwargs) -> dict:
 
     tok = train_tokenizer(512)
     report = {}
-    for arch in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+    for arch, overrides in (models or PARITY_MODELS).items():
         folder = tempfile.mkdtemp()
         make_tiny_model(folder, arch, tokenizer=tok, hidden_size=1024, intermediate_size=2816,
                         num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4,
-                        max_position_embeddings=4096, head_dim=64)
+                        max_position_embeddings=4096, head_dim=64, **overrides)
         g = torch.Generator().manual_seed(0)
         prompts = [torch.randint(4, 512, (n,), generator=g).tolist()
                    for n in (1, 7, 16, 33, 100, 250, 513, 1000)]
-        llm = LLM(folder, dtype=dtype, max_model_len=2048, gpu_memory_utilization=0.5,
-                  **engine_kwargs)
+        llm = LLM(folder, dtype=dtype, max_model_len=2048,
+                  **({"gpu_memory_utilization": 0.5} | engine_kwargs))
         params = SamplingParams(temperature=0, max_tokens=32, logprobs=5, ignore_eos=True)
         ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
         graphs = len(getattr(llm.llm_engine.core.runner, "graphs", {}))
@@ -245,6 +252,10 @@ def main() -> None:
                 parity(args.out, async_scheduling=True)
             elif phase == "parity-fp16":
                 parity(args.out, dtype="float16")
+            elif phase == "parity-window":
+                # 40 blocks of 16 hold 640 tokens; the batch needs far more without freeing.
+                parity(args.out, models=WINDOW_MODELS, num_gpu_blocks_override=40,
+                       max_num_batched_tokens=256)
             elif phase.startswith("profile"):
                 _, _, shape = phase.partition(":")
                 profile_decode(args.out, shape or "llama-8b")

@@ -44,8 +44,11 @@ from llmserve.layers.rotary import RotaryEmbedding, get_rope
 from llmserve.models.base import ModelBuildContext, rope_settings
 from llmserve.models.interface import CausalLM
 from llmserve.platforms.base import Platform
+from llmserve.platforms.gpu import GpuPlatform
 from llmserve.plugin_markers import PLUGIN_API_ATTRIBUTE, PLUGIN_API_VERSION, hookimpl
 from llmserve.request import Request
+from llmserve.runner.base import ModelRunnerBase, RunnerConfig, StepHandle
+from llmserve.runner.graph_runner import GraphModelRunner
 from llmserve.runner.model_runner import ModelRunner, StepBatch
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sample.metadata import SamplingMetadata
@@ -64,9 +67,12 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     # Platforms
     "llmserve.platforms",
     "llmserve.platforms.base",        # Platform
-    # The model runner a platform may extend (model_runner_class). A dedicated runner base
-    # module (ModelRunnerBase, RunnerConfig) takes this line's place once it exists.
+    "llmserve.platforms.gpu",         # GpuPlatform: what every torch.cuda device shares
+    "llmserve.platforms.memory",      # kv_budget_from_memory
+    # The model runner contract and the runners a platform may extend (model_runner_class)
+    "llmserve.runner.base",           # ModelRunnerBase, RunnerConfig, StepHandle
     "llmserve.runner.model_runner",   # ModelRunner, StepBatch
+    "llmserve.runner.graph_runner",   # GraphModelRunner
     # Attention backends
     "llmserve.attention",
     "llmserve.attention.backend",     # AttentionBackend, AttentionMetadata, ForwardContext
@@ -101,7 +107,8 @@ __all__ = [
     # configuration
     "EngineConfig", "SchedulerConfig",
     # platforms and runners
-    "Platform", "ModelRunner", "StepBatch",
+    "Platform", "GpuPlatform", "ModelRunnerBase", "RunnerConfig", "StepHandle", "ModelRunner",
+    "StepBatch", "GraphModelRunner",
     # attention
     "AttentionBackend", "AttentionMetadata", "ForwardContext",
     # cache

@@ -31,7 +31,7 @@ from llmserve.attention.torch_ref import TorchPagedAttention
 from llmserve.cli.command import CliCommand
 from llmserve.config import EngineArgs, SchedulerConfig
 from llmserve.kv_cache.manager import KVCacheManager
-from llmserve.kv_cache.spec import FullAttentionSpec
+from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS, FullAttentionSpec
 from llmserve.models.llama import LlamaForCausalLM
 from llmserve.platforms.base import Platform
 from llmserve.plugin_markers import hookspec
@@ -201,7 +201,7 @@ def test_core_defaults_pass_their_own_checks():
     assert collect_registry(pm, "llmserve_attention_backends") == {"torch": TorchPagedAttention}
     assert set(collect_registry(pm, "llmserve_model_architectures").values()) == {
         LlamaForCausalLM}
-    assert collect_registry(pm, "llmserve_cache_specs") == {"full_attention": FullAttentionSpec}
+    assert collect_registry(pm, "llmserve_cache_specs") == BUILTIN_CACHE_SPECS
     assert list(collect_registry(pm, "llmserve_scheduling_policies")) == ["fcfs", "priority"]
     assert [c.name for c in collect_list(pm, "llmserve_cli_commands")] == [
         "plugins", "generate", "bench", "serve"]
