@@ -170,8 +170,8 @@ def test_torch_runner_built_from_a_runner_config_runs_the_tiny_model(tiny_models
     runner.initialize_kv_cache(core.kv_cache_config)
     runner.warm_up()
     cfg = core.resolved.config
-    scheduler = Scheduler(cfg.scheduler, KVCacheManager.from_config(core.kv_cache_config, True),
-                          FCFSPolicy())
+    kv = KVCacheManager.from_config(core.kv_cache_config, cfg.cache.block_size)
+    scheduler = Scheduler(cfg.scheduler, kv, FCFSPolicy(cfg.scheduler))
     scheduler.add_request(Request(EngineCoreRequest("r", prompt, params), cfg.model.max_model_len))
     tokens = []
     while scheduler.has_unfinished_requests():
