@@ -353,15 +353,21 @@ def _resolve(hook_name: str,
     return chosen
 
 
+def _reject(contribution: _Contribution, message: str, skipped: str) -> bool:
+    """A bad contribution: the core's defaults raise ``TypeError``, a third-party plugin's is
+    logged and left out. Returns False (not valid)."""
+    message = f"llmserve plugin {contribution.plugin_name!r}: {message}"
+    if contribution.is_default:
+        raise TypeError(message)
+    logger.warning("%s; %s", message, skipped)
+    return False
+
+
 def _checked(contribution: _Contribution, hook_name: str, kind: type, kind_name: str) -> bool:
     if isinstance(contribution.value, kind):
         return True
-    message = (f"llmserve plugin {contribution.plugin_name!r}: {hook_name} returned "
-               f"{type(contribution.value).__name__}, expected a {kind_name}")
-    if contribution.is_default:
-        raise TypeError(message)
-    logger.warning("%s; its entries are skipped", message)
-    return False
+    return _reject(contribution, f"{hook_name} returned {type(contribution.value).__name__}, "
+                                 f"expected a {kind_name}", "its entries are skipped")
 
 
 def _is_valid_entry(contribution: _Contribution, hook_name: str, label: str, value: Any,
@@ -371,12 +377,7 @@ def _is_valid_entry(contribution: _Contribution, hook_name: str, label: str, val
     problem = _entry_problem(value, base, instances)
     if problem is None:
         return True
-    message = (f"llmserve plugin {contribution.plugin_name!r}: {hook_name} entry {label!r} "
-               f"{problem}")
-    if contribution.is_default:
-        raise TypeError(message)
-    logger.warning("%s; the entry is skipped", message)
-    return False
+    return _reject(contribution, f"{hook_name} entry {label!r} {problem}", "the entry is skipped")
 
 
 def _entry_problem(value: Any, base: type, instances: bool) -> str | None:
