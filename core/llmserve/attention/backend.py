@@ -41,8 +41,13 @@ class ForwardContext:
     """Everything a forward pass needs besides token ids and positions."""
 
     attn_metadata: Optional[AttentionMetadata]
-    #: One tensor per attention layer, shaped by the backend's ``kv_cache_shape``.
-    kv_caches: list[torch.Tensor] = field(default_factory=list)
+    #: One entry per caching layer (``cache_specs()`` order): a paged layer's tensor, shaped
+    #: by the backend's ``kv_cache_shape``; a state layer's list of ``[num_state_slots,
+    #: *shape]`` tensors.
+    kv_caches: list = field(default_factory=list)
+    #: [num_seqs] each scheduled sequence's slot in the state layers' tensors; None when the
+    #: model has no per-request state layer.
+    state_slots: Optional[torch.Tensor] = None
 
 
 class AttentionBackend(ABC):

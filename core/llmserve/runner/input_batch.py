@@ -32,6 +32,8 @@ class InputBatch:
         self.num_computed = np.zeros(max_num_reqs, dtype=np.int64)
         self.block_table = np.zeros((max_num_reqs, max_blocks), dtype=np.int64)
         self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        #: Each row's slot in the per-request state layers (-1: none).
+        self.state_slot = np.full(max_num_reqs, -1, dtype=np.int64)
         #: Numeric sampling settings per row, gathered for the sampler without touching
         #: each request's SamplingParams.
         int_fields = ("top_k", "features")
@@ -61,6 +63,7 @@ class InputBatch:
         nb = len(req.block_ids)
         self.block_table[row, :nb] = req.block_ids
         self.num_blocks[row] = nb
+        self.state_slot[row] = -1 if req.state_slot is None else req.state_slot
         self.params[row] = req.sampling_params
         self.stop_token_ids[row] = req.stop_token_ids
         self.wants_prompt_logprobs[row] = req.sampling_params.prompt_logprobs is not None

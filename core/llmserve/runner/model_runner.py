@@ -83,7 +83,9 @@ class ModelRunner(ModelRunnerBase):
         self._previous: Optional[PendingOutput] = None
         # Built-ins first, then the classes plugins contribute through the hook.
         self.sampler = Sampler(make_logits_processors(config.logits_processor_classes))
-        self.kv_caches: list[torch.Tensor] = []
+        self.kv_caches: list = []
+        #: Whether the model has per-request state layers (the forward then gets slots).
+        self.has_state_layers = False
 
     def load_model(self) -> None:
         """Seed torch (dummy weights and unseeded sampling draw from it), then build the model
@@ -118,6 +120,7 @@ class ModelRunner(ModelRunnerBase):
                                            dtype=self.dtype, device=self.device)
                                for shape in spec.shapes])
         self.kv_caches = caches
+        self.has_state_layers = bool(kv_config.state_specs)
 
     def warm_up(self) -> None:
         """Called once after the KV cache exists, before serving; platform runners capture
@@ -158,7 +161,9 @@ class ModelRunner(ModelRunnerBase):
             self.attn_backend.prepare(md)
             hidden = self.model(torch.zeros(num_tokens, dtype=torch.long, device=dev),
                                 torch.from_numpy(positions).to(dev),
-                                ForwardContext(md, self.kv_caches))
+                                ForwardContext(md, self.kv_caches,
+                                               torch.arange(num_seqs, device=dev)
+                                               if self.has_state_layers else None))
             logits = self.model.compute_logits(hidden[torch.from_numpy(cu - 1).to(dev)])
             torch.softmax(logits.float(), dim=-1)
         finally:
@@ -236,8 +241,13 @@ class ModelRunner(ModelRunnerBase):
         md = self._attention_metadata(step)
         input_ids = self.upload(step.input_ids)
         self._fill_pending_inputs(input_ids, step)
-        return self.model(input_ids, self.upload(step.positions),
-                          ForwardContext(md, self.kv_caches))
+        return self.model(input_ids, self.upload(step.positions), self._forward_context(md, step))
+
+    def _forward_context(self, md: AttentionMetadata, step: StepBatch) -> ForwardContext:
+        slots = None
+        if self.has_state_layers:
+            slots = self.upload(self.batch.state_slot[step.rows])
+        return ForwardContext(md, self.kv_caches, slots)
 
     def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput | CompletedStep":
         """Launch the step and return before its sampled tokens reach the host.
