@@ -95,3 +95,14 @@ def test_layer_ops_are_the_triton_kernels():
     assert table.name == "triton"
     assert (table.rms_norm, table.rotary, table.silu_and_mul) == (
         ops.rms_norm, ops.rotary, ops.silu_and_mul)
+
+
+def test_cuda_platform_passes_the_platform_conformance_answers():
+    """The kit's answer checks on this machine's view of CUDA (none here, or a GPU)."""
+    from llmserve.plugin_testing.platform import check_platform_answers
+    from llmserve.runner.base import ModelRunnerBase
+    from llmserve_nvidia.platform import CudaPlatform
+
+    check_platform_answers(CudaPlatform)
+    assert CudaPlatform.distributed_backend == "nccl"
+    assert issubclass(CudaPlatform.model_runner_class(), ModelRunnerBase)
