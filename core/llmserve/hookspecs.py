@@ -183,7 +183,8 @@ def llmserve_cache_specs() -> dict[str, type[CacheSpec]]:
     with the sequence; a Mamba layer's conv and SSM state is fixed per request). ``None`` or
     an empty dict contributes nothing.
 
-    The core contributes ``"full_attention"`` (paged KV).
+    The core contributes ``"full_attention"`` and ``"sliding_window"`` (paged K/V) and
+    ``"per_request_state"`` (a fixed state per running request).
 
     Added in 0.1.0 (plugin API 1.0).
     """

@@ -67,7 +67,9 @@ class AttentionBackend(ABC):
                  sliding_window: Optional[int] = None) -> None:
         """``sliding_window``: a query at position p sees keys p - sliding_window < k <= p;
         None attends to the whole sequence. Blocks behind the window may have been freed
-        and reused by the time the layer runs: a windowed backend must not read them."""
+        and reused by another request by the time the layer runs: a windowed backend must
+        give them no weight (skip them, as the Triton kernel does, or mask them out, as the
+        torch reference does; their values are finite but not this sequence's)."""
         if sliding_window is not None and not type(self).supports_sliding_window:
             raise ValueError(f"attention backend {type(self).name!r} does not support "
                              f"sliding-window attention (sliding_window={sliding_window})")

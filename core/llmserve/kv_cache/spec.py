@@ -3,7 +3,9 @@
 A model reports one spec per caching layer; the engine merges what the
 ``llmserve_cache_specs`` hook contributes into a registry of spec kinds and checks every
 layer's spec against it, then sizes the cache (``plan_kv_cache``) and builds one
-``KVCacheManager`` that dispatches each kind to the manager class the spec names.
+``KVCacheManager`` that handles each kind by what it is: paged specs share one block table
+under a retention rule (``llmserve.kv_cache.retention``), state specs get per-request slots. A
+plugin's spec subclasses one of the kinds below and inherits its handling.
 
 Two shapes of need exist:
 
