@@ -158,11 +158,6 @@ class KVCacheConfig:
         return tuple(s for s in self.layer_specs if not s.is_paged)
 
     @property
-    def block_size(self) -> int:
-        paged = self.paged_specs
-        return paged[0].block_size if paged else 0
-
-    @property
     def total_bytes(self) -> int:
         return (self.num_blocks * sum(s.page_size_bytes for s in self.paged_specs)
                 + self.num_state_slots * sum(s.page_size_bytes for s in self.state_specs))
