@@ -67,10 +67,17 @@ class SchedulerConfig(_Frozen):
         return self
 
 
+class StructuredOutputsConfig(_Frozen):
+    #: "auto" (xgrammar, falling back to guidance per request) or a backend registered
+    #: through the ``llmserve_structured_output_backends`` hook.
+    backend: str = "auto"
+
+
 class EngineConfig(_Frozen):
     model_config_: ModelConfig = Field(alias="model")
     cache: CacheConfig
     scheduler: SchedulerConfig
+    structured_outputs: StructuredOutputsConfig = StructuredOutputsConfig()
     #: Platform name ("cpu", "cuda", ...) chosen through the platform hook.
     device: str
 
@@ -110,6 +117,8 @@ class EngineArgs(BaseModel):
     load_format: Literal["auto", "dummy"] = "auto"
     #: Run on token ids only: no tokenizer is loaded and nothing is detokenized.
     skip_tokenizer_init: bool = False
+    #: Grammar backend for structured outputs: "auto", "xgrammar", "guidance" or a plugin's.
+    structured_outputs_backend: str = "auto"
 
     @property
     def canonical_dtype(self) -> str:

@@ -64,6 +64,14 @@ def llmserve_logits_processors():
 
 
 @hookimpl
+def llmserve_structured_output_backends():
+    from llmserve.structured_output.backends.guidance import GuidanceBackend
+    from llmserve.structured_output.backends.xgrammar import XgrammarBackend
+
+    return {"xgrammar": XgrammarBackend, "guidance": GuidanceBackend}
+
+
+@hookimpl
 def llmserve_cache_specs():
     from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from llmserve.platforms.base import Platform
     from llmserve.sample.logits_processor import LogitsProcessor
     from llmserve.scheduler.policy import SchedulingPolicy
+    from llmserve.structured_output.backend import StructuredOutputBackend
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +240,33 @@ def llmserve_logits_processors() -> dict[str, type[LogitsProcessor]]:
     empty dict contributes nothing.
 
     The core contributes its built-in processors.
+
+    Added in 0.1.0 (plugin API 1.0).
+    """
+
+
+@hookspec
+def llmserve_structured_output_backends() -> dict[str, type[StructuredOutputBackend]]:
+    """Contribute structured-output (grammar) backends by name.
+
+    **Kind:** contribute (dicts are merged by name).
+
+    **When / where:** called in the engine-core process (the caller's process for the offline
+    ``LLM``) when the engine starts, and by ``llmserve plugins``. The user picks one with
+    ``--structured-outputs-backend NAME`` (``EngineArgs.structured_outputs_backend``); the
+    default ``auto`` takes ``"xgrammar"`` and falls back to ``"guidance"``, per request, for a
+    constraint xgrammar cannot compile.
+
+    **Returns:** ``{name: backend class}``, subclasses of
+    ``llmserve.structured_output.backend.StructuredOutputBackend``. The core constructs one
+    instance per model with the model's ``VocabInfo`` (its tokenizer, the logits width and the
+    EOS ids) on first use; ``compile`` runs on the core's worker threads and raises
+    ``GrammarError`` for a constraint it cannot take; ``matcher`` makes one
+    ``GrammarMatcher`` per request, which fills its row of the step's token bitmask (a host
+    ``int32`` array, one bit per token). Import the grammar library inside the class, not at
+    the plugin module's import. ``None`` or an empty dict contributes nothing.
+
+    The core contributes ``"xgrammar"`` and ``"guidance"`` (llguidance).
 
     Added in 0.1.0 (plugin API 1.0).
     """

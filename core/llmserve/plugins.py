@@ -84,6 +84,8 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "llmserve_cache_specs": EntryType("llmserve.kv_cache.spec:CacheSpec"),
     "llmserve_scheduling_policies": EntryType("llmserve.scheduler.policy:SchedulingPolicy"),
     "llmserve_logits_processors": EntryType("llmserve.sample.logits_processor:LogitsProcessor"),
+    "llmserve_structured_output_backends": EntryType(
+        "llmserve.structured_output.backend:StructuredOutputBackend"),
     "llmserve_cli_commands": EntryType("llmserve.cli.command:CliCommand", instances=True),
 }
 

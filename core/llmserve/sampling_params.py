@@ -10,6 +10,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from llmserve.structured_output.params import StructuredOutputsParams
+
 #: Below this temperature sampling is greedy (argmax), as in vLLM.
 SAMPLING_EPS = 1e-5
 #: Largest ``logprobs`` / ``prompt_logprobs`` a request may ask for.
@@ -45,6 +47,8 @@ class SamplingParams(BaseModel):
     detokenize: bool = True
     #: Extra per-request logits processors (see ``llmserve.sample.logits_processor``).
     logits_processors: Optional[list[Any]] = None
+    #: Constrain the output to a JSON schema, regex, choice or grammar.
+    structured_outputs: Optional[StructuredOutputsParams] = None
 
     @field_validator("stop", mode="after")
     @classmethod

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 import torch
 
-from llmserve.config import CacheConfig, EngineArgs, EngineConfig, ModelConfig, SchedulerConfig
+from llmserve.config import (CacheConfig, EngineArgs, EngineConfig, ModelConfig, SchedulerConfig,
+                             StructuredOutputsConfig)
 from llmserve.models.loader import checkpoint_dtype, read_hf_config, resolve_architecture
 from llmserve.platforms.base import Platform
 from llmserve.plugins import collect_list, collect_registry, plugin_infos
@@ -93,6 +94,10 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
         hf_config, collect_registry(pm, "llmserve_model_architectures"),
         lambda: [f"{p.name} {p.version}" for p in plugin_infos(pm)])
     platform = select_platform(pm, args.device)
+    backends = collect_registry(pm, "llmserve_structured_output_backends")
+    if args.structured_outputs_backend != "auto" and args.structured_outputs_backend not in backends:
+        raise ValueError(f"structured_outputs_backend must be 'auto' or one of "
+                         f"{sorted(backends)}, got {args.structured_outputs_backend!r}")
 
     dtype_name = args.canonical_dtype
     if dtype_name == "auto":
@@ -136,6 +141,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                       platform.default_async_scheduling
                                       if args.async_scheduling is None
                                       else args.async_scheduling)),
+        structured_outputs=StructuredOutputsConfig(backend=args.structured_outputs_backend),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,

@@ -1,7 +1,8 @@
-"""The kernels layers call, as one open table of named ops.
+"""The kernels layers (and the runner's sampling step) call, as one open table of named ops.
 
 Layers hold a ``LayerOps`` table and call through it (``self.ops.rms_norm(...)``), so a
 platform hands the model fused kernels (``Platform.layer_ops()``) without touching model code.
+The runner takes ``apply_token_bitmask`` (the structured-output mask) from the same table.
 The table is open both ways: ``replace`` swaps any op by name (a platform may bring a fused
 norm and keep the torch rotary), ``extend`` adds ops that layers of a plugin need. A table is
 immutable; both return a new one. ``TORCH_OPS`` is the reference: plain torch, the numerics
@@ -46,6 +47,17 @@ def torch_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 def torch_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1] // 2
     return F.silu(x[..., :d]) * x[..., d:]
+
+
+def torch_apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
+                              rows: torch.Tensor) -> None:
+    """Set ``logits[rows[i], t]`` to -inf, in place, for every token ``t`` that bit ``t % 32`` of
+    word ``t // 32`` of ``bitmask[i]`` forbids. ``logits`` [N, V] float, ``bitmask`` [M, W]
+    int32 with ``W * 32 >= V``, ``rows`` [M] long; rows not named are left alone."""
+    vocab = logits.shape[1]
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).flatten(1)[:, :vocab].bool()
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
 
 
 #: Names a table keeps for itself.
@@ -119,4 +131,5 @@ class LayerOps:
 
 
 TORCH_OPS = LayerOps("torch", {"rms_norm": torch_rms_norm, "rotary": torch_rotary,
-                               "silu_and_mul": torch_silu_and_mul})
+                               "silu_and_mul": torch_silu_and_mul,
+                               "apply_token_bitmask": torch_apply_token_bitmask})
