@@ -260,7 +260,7 @@ def llmserve_structured_output_backends() -> dict[str, type[StructuredOutputBack
     **Returns:** ``{name: backend class}``, subclasses of
     ``llmserve.structured_output.backend.StructuredOutputBackend``. The core constructs one
     instance per model with the model's ``VocabInfo`` (its tokenizer, the logits width and the
-    EOS ids) on first use; ``compile`` runs on the core's worker threads and raises
+    EOS ids) on first use; ``compile`` runs on the core's compile threads and raises
     ``GrammarError`` for a constraint it cannot take; ``matcher`` makes one
     ``GrammarMatcher`` per request, which fills its row of the step's token bitmask (a host
     ``int32`` array, one bit per token). Import the grammar library inside the class, not at

@@ -33,6 +33,7 @@ from llmserve.config import EngineArgs, SchedulerConfig
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS, FullAttentionSpec
 from llmserve.models.llama import LlamaForCausalLM
+from llmserve.structured_output.backends.xgrammar import XgrammarBackend
 from llmserve.platforms.base import Platform
 from llmserve.plugin_markers import hookspec
 from llmserve.plugin_testing import fresh_plugin_manager
@@ -131,6 +132,10 @@ CASES = {
         ToyCommand(), ToyCommand,
         "entry 'toy' is class test_plugin_contract.ToyCommand, expected an instance of "
         "llmserve.cli.command.CliCommand"),
+    "llmserve_structured_output_backends": (
+        XgrammarBackend, ToyPolicy,
+        "entry 'bad' is class test_plugin_contract.ToyPolicy, expected a subclass of "
+        "llmserve.structured_output.backend.StructuredOutputBackend"),
 }
 
 
@@ -428,12 +433,6 @@ def test_hookspecs_document_the_deprecation_policy():
     for name, fn in vars(hookspecs).items():
         if name.startswith("llmserve_") and hasattr(fn, "llmserve_spec"):
             assert "worker" not in fn.__doc__, f"{name} speaks of worker processes"
-
-
-def test_structured_output_hook_is_gone():
-    assert not hasattr(hookspecs, "llmserve_structured_output_backends")
-    page = REPO / "docs" / "plugins" / "hooks" / "llmserve_structured_output_backends.md"
-    assert not page.exists()
 
 
 # --------------------------------------------------------------------------------------------
