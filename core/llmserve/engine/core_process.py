@@ -179,13 +179,16 @@ class EngineCoreLoop:
         send = self.output_conn.send
         while self._running:
             if not core.has_unfinished_requests():
-                conn.poll(None)  # idle: wait for input (EOF also wakes us)
+                # Idle: wait for input (EOF also wakes us); held acks still need sending.
+                conn.poll(0.005 if self._held_acks else None)
             acks: list = []
             changed = False
             while self._running and conn.poll(0):
                 changed |= self._handle(conn.recv(), acks, RequestStatus)
             if self._held_acks:
-                acks.extend(self._compiled_acks())
+                compiled = self._compiled_acks()
+                acks.extend(compiled)
+                changed |= bool(compiled)
             if acks:
                 send(("acks", acks))
             if not self._running:
