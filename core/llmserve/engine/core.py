@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
@@ -76,6 +76,7 @@ class EngineCore:
         #: Host time spent filling grammar bitmasks, and the steps that filled one.
         self.grammar_fill_s = 0.0
         self.grammar_fill_steps = 0
+        self._filler: Optional[ThreadPoolExecutor] = None
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).
         self._in_flight = None
@@ -149,21 +150,34 @@ class EngineCore:
         are then the previous step's.
         """
         scheduler_output = self.scheduler.schedule()
+        grammar_ids = scheduler_output.grammar_req_ids
+        filling = None
+        if grammar_ids and self._in_flight is None:
+            # Every grammar is up to date: fill the mask beside the forward pass, which may
+            # hold this thread (a CPU device computes in the caller's thread).
+            filling = self._mask_filler().submit(self.grammar_bitmask, grammar_ids)
         pending = self.runner.execute_model_async(scheduler_output)
         outputs: list[EngineCoreOutput] = []
         if self._in_flight is not None:
             previous_output, previous = self._in_flight
             self._in_flight = None
             outputs = self.scheduler.update_from_output(previous_output, previous.result())
-        if scheduler_output.grammar_req_ids:
-            # The forward pass is queued: fill the mask on the host meanwhile. The previous
-            # step's tokens are in (above), so every grammar is up to date.
-            self.runner.sample_tokens(self.grammar_bitmask(scheduler_output.grammar_req_ids))
+        if grammar_ids:
+            # Asynchronous scheduling: the previous step's tokens just reached the grammars
+            # (above) while the device runs this step's forward; fill the mask now.
+            bitmask = filling.result() if filling is not None else self.grammar_bitmask(
+                grammar_ids)
+            self.runner.sample_tokens(bitmask)
         if self.async_scheduling and not scheduler_output.is_empty:
             self._in_flight = (scheduler_output, pending)
         else:
             outputs += self.scheduler.update_from_output(scheduler_output, pending.result())
         return outputs
+
+    def _mask_filler(self) -> ThreadPoolExecutor:
+        if self._filler is None:
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="llmserve-mask")
+        return self._filler
 
     def grammar_bitmask(self, req_ids: list[str]) -> GrammarBitmask:
         """The token mask of these constrained requests, filled now on the host."""
