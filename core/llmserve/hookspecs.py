@@ -27,7 +27,7 @@ wrong type from a third-party plugin is logged and skipped (its other entries st
 from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
 the plugin API (``llmserve.plugin_api``).
 
-**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.0"``) versions this catalogue and the
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.1"``) versions this catalogue and the
 modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
 entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
 a warning, and without a declaration it loads with a warning.
@@ -268,7 +268,7 @@ def llmserve_structured_output_backends() -> dict[str, type[StructuredOutputBack
 
     The core contributes ``"xgrammar"`` and ``"guidance"`` (llguidance).
 
-    Added in 0.1.0 (plugin API 1.0).
+    Added in 0.1.0 (plugin API 1.1).
     """
 
 
