@@ -51,6 +51,7 @@ from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import ModelRunnerOutput
 from llmserve.scheduler.policy import FCFSPolicy, SchedulingContext, SchedulingPolicy
 from llmserve.scheduler.scheduler import Scheduler
+from llmserve.tool_parsers.hermes import HermesToolParser
 from plugin_dists import make_plugin_env, write_dist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +132,9 @@ CASES = {
         ToyCommand(), ToyCommand,
         "entry 'toy' is class test_plugin_contract.ToyCommand, expected an instance of "
         "llmserve.cli.command.CliCommand"),
+    "llmserve_tool_parsers": (
+        HermesToolParser, HermesToolParser(None),
+        "entry 'bad' is a llmserve.tool_parsers.hermes.HermesToolParser"),
 }
 
 
