@@ -4,7 +4,8 @@
 
 - ``"none"`` (the default without tools): plain chat; the tools still reach the template.
 - a named function (``{"type": "function", "function": {"name": ...}}``): the output is
-  constrained to that function's parameters schema and is the arguments of one call.
+  constrained to that function's parameters schema (compact JSON) and is the arguments of one
+  call.
 - ``"required"``: the output is constrained to a non-empty JSON array of
   ``{"name": ..., "parameters": ...}`` objects (one of the tools each); every element is a call.
 - ``"auto"`` (the default with tools): the model decides, and the server's tool parser
@@ -99,8 +100,11 @@ def plan_tool_choice(req: Any, tokenizer: Any, auto_parser: Optional[type[ToolPa
 
 
 def _json_constraint(schema: dict[str, Any], field: str) -> StructuredOutputsParams:
+    """Forced calls are compact JSON (``", "`` and ``": "`` between items, no free
+    whitespace): what tool-calling models write anyway, and no room for a model to wander
+    off into whitespace inside a call."""
     try:
-        return StructuredOutputsParams(json=schema)
+        return StructuredOutputsParams(json=schema, disable_any_whitespace=True)
     except ValueError as exc:
         raise APIError(str(exc), 400, field) from None
 

@@ -108,14 +108,19 @@ class HermesReader(Reader):
             self._sent_content = True
 
     def _malformed(self, out: DeltaBuilder) -> None:
-        """The current call is not a call: the rest of the answer is content, from its opening
-        tag if nothing of the call was sent yet (else from where reading stopped)."""
+        """The current call is not a call. If nothing of it was sent, it is content from its
+        opening tag on, and so is the rest of the answer. If its name was sent, it stays a
+        call (a stream cannot take it back): a complete object is read past, else the rest of
+        the answer is content from where reading stopped."""
         self.failed = True
-        self._mode = _Mode.RAW
-        if not self._calls[-1].started:
+        call = self._calls[-1]
+        if not call.started:
             self._calls.pop()
             out.content(self._whitespace_before_call)
             self._pos = self._call_start
+            self._mode = _Mode.RAW
+        else:
+            self._mode = _Mode.AFTER_CALL if call.scanner.closed else _Mode.RAW
 
 
 class HermesToolParser(IncrementalToolParser):

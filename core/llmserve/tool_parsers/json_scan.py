@@ -62,6 +62,8 @@ class CallObjectScanner:
         self._arguments: list[str] = []
         self._has_arguments = False
         self.name: Optional[str] = None
+        #: The object's closing brace was read (it may still have failed validation).
+        self.closed = False
 
     @property
     def done(self) -> bool:
@@ -111,7 +113,7 @@ class CallObjectScanner:
                 elif ch == "\\":
                     self._escape = True
                 elif ch == '"':
-                    self._current_key = _decode_string("".join(self._key))
+                    self._current_key = _json_string('"' + "".join(self._key) + '"')
                     self._phase = _Phase.COLON if self._current_key is not None else _Phase.FAILED
                     i += 1
                     continue
@@ -204,7 +206,7 @@ class CallObjectScanner:
         if self._capture is not None:
             self._captured(text[start:end])
             if self._capture == "name":
-                name = _decode_string("".join(self._name_raw))
+                name = _json_string("".join(self._name_raw))
                 if name is None or not name:
                     self._phase = _Phase.FAILED
                     self._capture = None
@@ -217,6 +219,7 @@ class CallObjectScanner:
         (self._name_raw if self._capture == "name" else self._arguments).append(piece)
 
     def _validate(self) -> None:
+        self.closed = True
         try:
             obj = json.loads("".join(self._source))
         except ValueError:
@@ -227,11 +230,10 @@ class CallObjectScanner:
             self._phase = _Phase.FAILED
 
 
-def _decode_string(raw_with_quotes: str) -> Optional[str]:
-    """A JSON string's value from its raw text (quotes included or not); None if invalid."""
-    text = raw_with_quotes if raw_with_quotes.startswith('"') else f'"{raw_with_quotes}"'
+def _json_string(raw: str) -> Optional[str]:
+    """The value of the JSON string ``raw`` (quotes included); None if it is not one."""
     try:
-        value = json.loads(text)
+        value = json.loads(raw)
     except ValueError:
         return None
     return value if isinstance(value, str) else None
