@@ -265,7 +265,7 @@ HERMES_CALL = (r'<tool_call>\n\{"name": "get_weather", "arguments": '
 def test_auto_tool_choice_reads_a_hermes_call(tool_client):
     regex = "The weather, please\\.\n" + HERMES_CALL
     out = tool_client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="auto", max_tokens=80,
+        model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="auto", max_tokens=200,
         temperature=0, extra_body={"structured_outputs": {"regex": regex}})
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls", choice
@@ -276,7 +276,7 @@ def test_auto_tool_choice_reads_a_hermes_call(tool_client):
 
 def test_auto_tool_choice_streamed(tool_client):
     chunks = list(tool_client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=80, temperature=0.8, seed=1,
+        model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=200, temperature=0.8, seed=1,
         stream=True, extra_body={"structured_outputs": {"regex": HERMES_CALL}}))
     content, calls, finishes = collect_stream(chunks)
     assert content == "" and finishes[-1] == "tool_calls"
