@@ -305,7 +305,7 @@ def test_tool_call_round_trip_is_accepted(tool_client):
     assert second.choices[0].message.content and second.choices[0].message.tool_calls is None
 
 
-# -- structured outputs through every field ---------------------------------------------------------
+# -- structured outputs through every field --------------------------------------------------
 
 
 @pytest.mark.parametrize("extra, check", [
