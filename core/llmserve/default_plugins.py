@@ -72,6 +72,14 @@ def llmserve_structured_output_backends():
 
 
 @hookimpl
+def llmserve_tool_parsers():
+    from llmserve.tool_parsers.hermes import HermesToolParser
+    from llmserve.tool_parsers.llama3_json import Llama3JsonToolParser
+
+    return {"hermes": HermesToolParser, "llama3_json": Llama3JsonToolParser}
+
+
+@hookimpl
 def llmserve_cache_specs():
     from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS
 

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from llmserve.sample.logits_processor import LogitsProcessor
     from llmserve.scheduler.policy import SchedulingPolicy
     from llmserve.structured_output.backend import StructuredOutputBackend
+    from llmserve.tool_parsers.base import ToolParser
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,6 +318,31 @@ def llmserve_http_routes(app: Any, engine_client: Any, config: EngineConfig) -> 
     registering the same path is a conflict FastAPI resolves by registration order.
 
     Added in 0.1.0 (plugin API 1.0).
+    """
+
+
+@hookspec
+def llmserve_tool_parsers() -> dict[str, type[ToolParser]]:
+    """Contribute tool-call parsers by name: how a model's text becomes OpenAI ``tool_calls``.
+
+    **Kind:** contribute (dicts are merged by name).
+
+    **When / where:** called in the HTTP front-end process when ``llmserve serve`` checks its
+    flags and when the application is built with ``--tool-call-parser NAME`` (which picks one
+    by name), and by ``llmserve plugins``. The engine core never calls it.
+
+    **Returns:** ``{name: parser class}``, subclasses of
+    ``llmserve.tool_parsers.base.ToolParser``. With ``--enable-auto-tool-choice`` and
+    ``tool_choice: "auto"``, the server constructs the chosen class with the tokenizer for each
+    choice of each request and asks it for the calls in the answer: ``extract_tool_calls``
+    for a whole answer, ``extract_tool_calls_streaming`` on every new piece of a stream and
+    ``finish_streaming`` at its end. Parsers only read text; the server gives calls their ids
+    and builds the response. ``None`` or an empty dict contributes nothing.
+
+    The core contributes ``"hermes"`` (``<tool_call>`` tags: Hermes 2 Pro, Qwen2.5, Qwen3) and
+    ``"llama3_json"`` (Llama 3.1's JSON calls).
+
+    Added in 0.1.0 (plugin API 1.1).
     """
 
 

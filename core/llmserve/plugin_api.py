@@ -53,6 +53,14 @@ from llmserve.runner.model_runner import ModelRunner, StepBatch
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sample.metadata import SamplingMetadata
 from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
+from llmserve.tool_parsers.base import (
+    DeltaBuilder,
+    DeltaMessage,
+    DeltaToolCall,
+    ExtractedToolCalls,
+    ToolCall,
+    ToolParser,
+)
 
 #: The modules that form the plugin API, grouped as in ``docs/plugins/api.md``. A package
 #: listed here means its ``__init__`` re-exports, not its submodules.
@@ -100,6 +108,7 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.structured_output.params",   # StructuredOutputsParams, GrammarSpec
     # Front ends
     "llmserve.cli.command",           # CliCommand
+    "llmserve.tool_parsers.base",     # ToolParser and the values it returns
     # Test helpers
     "llmserve.plugin_testing",        # fresh managers and fixtures for plugin tests
     "llmserve.testing",               # tiny models and a local tokenizer
@@ -129,5 +138,6 @@ __all__ = [
     # sampling
     "LogitsProcessor", "SamplingMetadata",
     # front ends
-    "CliCommand",
+    "CliCommand", "ToolParser", "ToolCall", "ExtractedToolCalls", "DeltaMessage",
+    "DeltaToolCall", "DeltaBuilder",
 ]

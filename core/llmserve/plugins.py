@@ -87,6 +87,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
     "llmserve_structured_output_backends": EntryType(
         "llmserve.structured_output.backend:StructuredOutputBackend"),
     "llmserve_cli_commands": EntryType("llmserve.cli.command:CliCommand", instances=True),
+    "llmserve_tool_parsers": EntryType("llmserve.tool_parsers.base:ToolParser"),
 }
 
 

@@ -1,8 +1,8 @@
 """Every hook specification has a call site: a hook nobody calls is a broken promise.
 
 One recording plugin implements every hook in ``llmserve.hookspecs`` and passes (returns
-nothing); the engine's start-up, a step, the CLI parser and the HTTP application are then
-built on a manager that has it. Each hook must have been called at least once. A new hook
+nothing); the engine's start-up, a step, the CLI parser and the HTTP application (with a tool
+parser named, as ``--tool-call-parser`` does) are then built on a manager that has it. Each hook must have been called at least once. A new hook
 without a call site fails here until something calls it (or it is removed).
 """
 
@@ -52,5 +52,5 @@ def test_every_hookspec_is_called(tiny_models):
         while engine.has_unfinished_requests():
             engine.step()
         build_parser(pm)
-        build_app(SimpleNamespace(config=engine.config), pm)
+        build_app(SimpleNamespace(config=engine.config), pm, tool_call_parser="hermes")
     assert sorted(calls) == HOOK_NAMES, f"never called: {sorted(set(HOOK_NAMES) - calls)}"

@@ -52,6 +52,7 @@ from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import ModelRunnerOutput
 from llmserve.scheduler.policy import FCFSPolicy, SchedulingContext, SchedulingPolicy
 from llmserve.scheduler.scheduler import Scheduler
+from llmserve.tool_parsers.hermes import HermesToolParser
 from plugin_dists import make_plugin_env, write_dist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,6 +137,9 @@ CASES = {
         XgrammarBackend, ToyPolicy,
         "entry 'bad' is class test_plugin_contract.ToyPolicy, expected a subclass of "
         "llmserve.structured_output.backend.StructuredOutputBackend"),
+    "llmserve_tool_parsers": (
+        HermesToolParser, HermesToolParser(None),
+        "entry 'bad' is a llmserve.tool_parsers.hermes.HermesToolParser"),
 }
 
 

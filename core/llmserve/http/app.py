@@ -24,6 +24,9 @@ class ServerOptions:
 
     chat_template: Optional[str] = None
     metrics: Any = None
+    #: The ``ToolParser`` class ``--tool-call-parser`` names, or None.
+    tool_parser: Optional[type] = None
+    enable_auto_tool_choice: bool = False
 
 
 class APIKeyMiddleware:
@@ -68,16 +71,21 @@ class APIKeyMiddleware:
 
 def build_app(engine, plugin_manager=None, *, api_keys: Sequence[str] = (),
               chat_template: Optional[str] = None, metrics=None,
+              tool_call_parser: Optional[str] = None, enable_auto_tool_choice: bool = False,
               shutdown_engine: bool = True) -> FastAPI:
     """The server's application for a started ``AsyncEngine``.
 
-    ``shutdown_engine``: stop the engine when the application shuts down (after the server
-    has drained its in-flight requests).
+    ``tool_call_parser``: the name of the ``llmserve_tool_parsers`` parser that reads
+    ``tool_choice: "auto"`` answers (a ``ValueError`` if no plugin contributes it);
+    ``enable_auto_tool_choice`` allows that choice. ``shutdown_engine``: stop the engine when
+    the application shuts down (after the server has drained its in-flight requests).
     """
     from llmserve import __version__
+    from llmserve.http.tool_calls import resolve_tool_parser
     from llmserve.plugins import get_plugin_manager
 
     pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+    tool_parser = resolve_tool_parser(pm, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -91,7 +99,9 @@ def build_app(engine, plugin_manager=None, *, api_keys: Sequence[str] = (),
         description="OpenAI-compatible API of the llmserve inference engine.",
         lifespan=lifespan,
     )
-    app.state.llmserve = ServerOptions(chat_template=chat_template, metrics=metrics)
+    app.state.llmserve = ServerOptions(chat_template=chat_template, metrics=metrics,
+                                       tool_parser=tool_parser,
+                                       enable_auto_tool_choice=enable_auto_tool_choice)
     install_error_handlers(app)
     if api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=list(api_keys))

@@ -15,7 +15,8 @@ class ServeCommand(CliCommand):
         "Start the engine core in its own process and an OpenAI-compatible HTTP server "
         "(FastAPI + uvicorn) in front of it: /v1/models, /v1/completions, "
         "/v1/chat/completions (streaming or not), /tokenize, /detokenize, /health, /version, "
-        "/metrics (Prometheus) and /docs. Engine flags use vLLM's names."
+        "/metrics (Prometheus) and /docs; structured outputs and tool calls as vLLM serves "
+        "them. Engine flags use vLLM's names."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -2,9 +2,10 @@
 
 Requests are strict (``"16"`` is not an integer, ``1`` is not a boolean) and closed: a field
 OpenAI and vLLM do not define is rejected with a 400 naming it, instead of being silently
-ignored. OpenAI fields that do not apply to a text model are accepted only in their neutral
-form (``tools`` empty, ``response_format`` text). vLLM's extra sampling fields (``top_k``,
-``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``, ...) sit beside OpenAI's.
+ignored. vLLM's extra sampling fields (``top_k``, ``min_p``, ``repetition_penalty``,
+``min_tokens``, ``ignore_eos``, ...) and its structured-output fields (``structured_outputs``
+and the older ``guided_json`` / ``guided_regex`` / ``guided_choice`` / ``guided_grammar``)
+sit beside OpenAI's ``response_format``, ``tools`` and ``tool_choice``.
 Responses are built as plain dicts on the hot path; the models here document them.
 """
 
@@ -36,6 +37,22 @@ class StreamOptions(OpenAIBaseModel):
     include_obfuscation: Optional[bool] = Field(None, description="accepted and ignored")
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: str = Field(description="accepted and ignored")
+    description: Optional[str] = Field(None, description="accepted and ignored")
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema",
+                                              description="the JSON schema the output follows")
+    strict: Optional[bool] = Field(None, description="accepted; the schema is always enforced")
+
+
+class ResponseFormat(OpenAIBaseModel):
+    """OpenAI's ``response_format``: ``text`` (no constraint), ``json_object`` (any JSON
+    object) or ``json_schema`` (an object that validates against ``json_schema.schema``)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+
 class _SamplingRequest(OpenAIBaseModel):
     """Fields completions and chat completions share."""
 
@@ -65,6 +82,19 @@ class _SamplingRequest(OpenAIBaseModel):
     priority: int = Field(0, description="lower runs first under --scheduling-policy priority")
     prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     allowed_token_ids: Optional[list[TokenId]] = Field(None, min_length=1)
+    # Structured outputs: at most one of these may constrain a request.
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[dict[str, Any]] = Field(
+        None, description="vLLM extra: StructuredOutputsParams fields (json, json_object, "
+                          "regex, choice, grammar, disable_any_whitespace, disable_fallback)")
+    guided_json: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description="vLLM extra (older name of structured_outputs.json)")
+    guided_regex: Optional[str] = Field(
+        None, min_length=1, description="vLLM extra (older name of structured_outputs.regex)")
+    guided_choice: Optional[list[StopString]] = Field(
+        None, min_length=1, description="vLLM extra (older name of structured_outputs.choice)")
+    guided_grammar: Optional[str] = Field(
+        None, min_length=1, description="vLLM extra (older name of structured_outputs.grammar)")
 
 
 class CompletionRequest(_SamplingRequest):
@@ -83,19 +113,55 @@ class ChatContentPart(OpenAIBaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
-    """One message. Keys of assistant messages echoed back from a response (``refusal``,
-    ``annotations``, ...) are ignored rather than rejected."""
+class _EchoedModel(BaseModel):
+    """Parts of assistant messages echoed back from a response: keys this server does not
+    use (``refusal``, ``annotations``, ...) are ignored rather than rejected."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class FunctionCallPart(_EchoedModel):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+
+
+class ToolCallPart(_EchoedModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallPart
+
+
+class ChatMessage(_EchoedModel):
+    """One message. An assistant message may carry the ``tool_calls`` it made, a ``tool``
+    message the ``tool_call_id`` it answers; both reach the chat template."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[ChatContentPart]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallPart]] = None
+    tool_call_id: Optional[str] = None
 
 
-class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text"]
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(min_length=1)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = Field(
+        None, description="JSON schema of the arguments; absent: no arguments")
+    strict: Optional[bool] = Field(None, description="accepted and ignored")
+
+
+class FunctionTool(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -104,11 +170,11 @@ class ChatCompletionRequest(_SamplingRequest):
     max_tokens: Optional[int] = Field(None, ge=1, description="deprecated by OpenAI")
     logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
-    response_format: Optional[ResponseFormat] = None
-    tools: Optional[list[dict[str, Any]]] = Field(None, max_length=0,
-                                                  description="not supported: must be empty")
-    tool_choice: Optional[Literal["none", "auto"]] = None
-    parallel_tool_calls: Optional[bool] = None
+    tools: Optional[list[FunctionTool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
+        None, description='default: "auto" when tools are given, else "none"')
+    parallel_tool_calls: Optional[bool] = Field(
+        None, description="false: at most one tool call per answer")
     modalities: Optional[list[Literal["text"]]] = None
     metadata: Optional[dict[str, str]] = None
     store: Optional[bool] = None
@@ -131,6 +197,7 @@ class TokenizeCompletionRequest(OpenAIBaseModel):
 class TokenizeChatRequest(OpenAIBaseModel):
     model: Optional[str] = None
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: Optional[list[FunctionTool]] = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: Optional[str] = None
@@ -199,16 +266,28 @@ class ChatChoiceLogprobs(BaseModel):
     content: Optional[list[ChatLogprob]] = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallResponse(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCallResponse]] = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
     logprobs: Optional[ChatChoiceLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
     stop_reason: Union[int, str, None] = None
 
 

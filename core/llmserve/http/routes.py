@@ -38,7 +38,10 @@ _STREAMING = {200: {"content": {"application/json": {},
 def register_routes(app: FastAPI, engine, config) -> None:
     options = getattr(app.state, "llmserve", None)
     ctx = ServingContext(engine, [config.model.served_model_name],
-                         chat_template=getattr(options, "chat_template", None))
+                         chat_template=getattr(options, "chat_template", None),
+                         tool_parser=getattr(options, "tool_parser", None),
+                         enable_auto_tool_choice=getattr(options, "enable_auto_tool_choice",
+                                                         False))
     metrics = getattr(options, "metrics", None)
     router = APIRouter()
 
@@ -97,7 +100,7 @@ def register_routes(app: FastAPI, engine, config) -> None:
                                   add_generation_prompt=body.add_generation_prompt,
                                   continue_final_message=body.continue_final_message,
                                   chat_template=body.chat_template,
-                                  template_kwargs=body.chat_template_kwargs)
+                                  template_kwargs=body.chat_template_kwargs, tools=body.tools)
         else:
             tok = ctx.require_tokenizer()
             ids = list(tok.encode(body.prompt, add_special_tokens=body.add_special_tokens))

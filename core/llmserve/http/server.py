@@ -43,6 +43,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require this bearer key on /v1 (repeatable; also ${API_KEY_ENV})")
     parser.add_argument("--chat-template", default=None,
                         help="a Jinja chat template, or the path of a file holding one")
+    parser.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='allow tool_choice "auto" (needs --tool-call-parser)')
+    parser.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                        help="how the model writes tool calls: a parser contributed through "
+                             "llmserve_tool_parsers (built in: hermes, llama3_json)")
     parser.add_argument("--uvicorn-log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug", "trace"])
     parser.add_argument("--disable-uvicorn-access-log", action="store_true")
@@ -60,6 +65,18 @@ def load_chat_template(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def check_tool_options(args: argparse.Namespace) -> None:
+    """``--enable-auto-tool-choice`` needs a parser, and the parser must exist: ``ValueError``
+    otherwise, before anything starts."""
+    from llmserve.http.tool_calls import resolve_tool_parser
+    from llmserve.plugins import get_plugin_manager
+
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser NAME")
+    pm = getattr(args, "plugin_manager", None) or get_plugin_manager()
+    resolve_tool_parser(pm, args.tool_call_parser)
+
+
 def run_server(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -67,6 +84,7 @@ def run_server(args: argparse.Namespace) -> int:
     from llmserve.engine.async_engine import AsyncEngine
 
     try:
+        check_tool_options(args)
         engine_args = engine_args_from(args, args.model_option or args.model)
         if engine_args.max_waiting_requests is None:
             engine_args = engine_args.model_copy(
@@ -129,7 +147,9 @@ async def _serve(engine, args: argparse.Namespace, api_keys: list[str], state: d
         await engine.shutdown()
         return 1
     app = build_app(engine, getattr(args, "plugin_manager", None), api_keys=api_keys,
-                    chat_template=load_chat_template(args.chat_template), metrics=metrics)
+                    chat_template=load_chat_template(args.chat_template), metrics=metrics,
+                    tool_call_parser=args.tool_call_parser,
+                    enable_auto_tool_choice=args.enable_auto_tool_choice)
     config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
                             access_log=not args.disable_uvicorn_access_log,
                             timeout_graceful_shutdown=args.shutdown_timeout)

@@ -15,8 +15,10 @@ from starlette.requests import Request
 from llmserve.engine.async_engine import AsyncEngine, RequestStream
 from llmserve.engine.input_processor import validate_prompt
 from llmserve.http.errors import APIError, ClientDisconnected, describe_validation_errors
+from llmserve.http.output_constraints import OutputConstraint
 from llmserve.outputs import Logprob
 from llmserve.sampling_params import SamplingParams, check_token_ids
+from llmserve.tool_parsers.base import ToolParser
 
 T = TypeVar("T")
 
@@ -32,6 +34,10 @@ class ServingContext:
     engine: AsyncEngine
     model_names: list[str]
     chat_template: Optional[str] = None
+    #: ``--tool-call-parser``: reads the calls of ``tool_choice: "auto"`` answers.
+    tool_parser: Optional[type[ToolParser]] = None
+    #: ``--enable-auto-tool-choice``.
+    enable_auto_tool_choice: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -72,7 +78,11 @@ class ServingContext:
                 f"{param}.", 400, param)
 
     def sampling_params(self, req: Any, *, max_tokens: Optional[int], logprobs: Optional[int],
-                        prompt_logprobs: Optional[int]) -> SamplingParams:
+                        prompt_logprobs: Optional[int],
+                        constraint: Optional[OutputConstraint] = None,
+                        keep_special_tokens: bool = False) -> SamplingParams:
+        """The request's ``SamplingParams``; ``keep_special_tokens`` overrides the request's
+        ``skip_special_tokens`` (a tool parser needs the special tokens its format uses)."""
         values: dict[str, Any] = dict(self.engine.frontend.default_sampling_values)
         for name in _SAMPLING_FIELDS:
             value = getattr(req, name)
@@ -83,9 +93,10 @@ class ServingContext:
             max_tokens=max_tokens, min_tokens=req.min_tokens, logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=_logit_bias(req.logit_bias),
             allowed_token_ids=req.allowed_token_ids,
-            skip_special_tokens=req.skip_special_tokens,
+            skip_special_tokens=req.skip_special_tokens and not keep_special_tokens,
             spaces_between_special_tokens=req.spaces_between_special_tokens,
-            include_stop_str_in_output=req.include_stop_str_in_output)
+            include_stop_str_in_output=req.include_stop_str_in_output,
+            structured_outputs=constraint.params if constraint is not None else None)
         try:
             params = SamplingParams(**values)
         except ValidationError as exc:
@@ -271,10 +282,15 @@ async def merge_streams(streams: list[RequestStream], engine: AsyncEngine
 
 
 async def start_streams(engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams,
-                        request_id: str, priority: int, arrival: float, output_kind
-                        ) -> list[RequestStream]:
+                        request_id: str, priority: int, arrival: float, output_kind,
+                        constraint: Optional[OutputConstraint] = None) -> list[RequestStream]:
     """Submit one engine request per prompt; all or none (a later rejection aborts the
-    earlier ones)."""
+    earlier ones).
+
+    The engine accepts a constrained request only once its grammar compiled, so a grammar it
+    cannot compile (an invalid regex, a schema it does not support) is a ``ValueError`` here,
+    before any response is started: a 400 naming the constraint's field, streaming or not.
+    """
     streams: list[RequestStream] = []
     try:
         for i, ids in enumerate(prompts):
@@ -282,8 +298,10 @@ async def start_streams(engine: AsyncEngine, prompts: list[list[int]], params: S
             streams.append(await engine.add_request(rid, ids, params, priority=priority,
                                                     arrival_time=arrival,
                                                     output_kind=output_kind))
-    except BaseException:
+    except BaseException as exc:
         for s in streams:
             engine.abort(s.request_id)
+        if isinstance(exc, ValueError):
+            raise APIError(str(exc), 400, constraint.field if constraint else None) from None
         raise
     return streams

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from llmserve.engine.async_engine import EngineDeadError, RequestOutputKind
 from llmserve.http.errors import APIError, sse_error
+from llmserve.http.output_constraints import output_constraint
 from llmserve.http.protocol import CompletionRequest
 from llmserve.http.serving_common import (
     SSE_DONE,
@@ -60,6 +61,7 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Re
     if req.stream_options is not None and not req.stream:
         raise APIError("stream_options is only allowed when stream is true", 400,
                        "stream_options")
+    constraint = output_constraint(req)
     prompts = _prompts(ctx, req)
     for _, ids in prompts:
         ctx.check_prompt(ids)
@@ -69,11 +71,11 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Re
     if prompt_logprobs is None and echo_logprobs:
         prompt_logprobs = req.logprobs
     params = ctx.sampling_params(req, max_tokens=req.max_tokens, logprobs=req.logprobs,
-                                 prompt_logprobs=prompt_logprobs)
+                                 prompt_logprobs=prompt_logprobs, constraint=constraint)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
     streams = await start_streams(ctx.engine, [ids for _, ids in prompts], params, request_id,
-                                  req.priority, arrival, kind)
+                                  req.priority, arrival, kind, constraint)
     if req.stream:
         return StreamingResponse(_stream(ctx, req, model, request_id, prompts, streams),
                                  media_type="text/event-stream")

@@ -71,13 +71,16 @@ def apply_chat_template(
     messages: list[dict[str, Any]],
     add_generation_prompt: bool = True,
     chat_template: Optional[str] = None,
+    tools: Optional[list[dict[str, Any]]] = None,
     **kwargs: Any,
 ) -> list[int]:
     """Render ``messages`` with the chat template and tokenize the result.
 
     The rendered text is encoded without adding special tokens: templates write their own BOS,
-    and adding another would change what the model sees. ``kwargs`` reach the template
-    (``tools``, ``documents``, model-specific switches).
+    and adding another would change what the model sees. ``tools`` are OpenAI-style tool
+    definitions (``{"type": "function", "function": {"name", "description", "parameters"}}``),
+    which templates of tool-calling models render into the prompt; None renders none. Other
+    ``kwargs`` reach the template too (``documents``, model-specific switches).
     """
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "")
@@ -89,6 +92,7 @@ def apply_chat_template(
         messages,
         chat_template=chat_template,
         add_generation_prompt=add_generation_prompt,
+        tools=tools,
         tokenize=False,
         **kwargs,
     )
