@@ -57,14 +57,17 @@ class LLM:
         use_tqdm: bool = True,
         chat_template: Optional[str] = None,
         add_generation_prompt: bool = True,
+        tools: Optional[list[dict[str, Any]]] = None,
     ) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of messages) or to a list of them,
-        formatted by the tokenizer's chat template (or ``chat_template``)."""
+        formatted by the tokenizer's chat template (or ``chat_template``). ``tools`` (OpenAI
+        function tools) reach the template, as in vLLM; to force a call, constrain the
+        output with ``SamplingParams(structured_outputs=...)``."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tok = self.get_tokenizer()
         prompts: list[PromptType] = [
             {"prompt_token_ids": apply_chat_template(tok, conv, add_generation_prompt,
-                                                     chat_template)}
+                                                     chat_template, tools)}
             for conv in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)

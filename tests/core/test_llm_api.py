@@ -157,6 +157,16 @@ def test_chat_uses_template(llm):
     assert len(many) == 2 and many[0].outputs[0].token_ids == out.outputs[0].token_ids
 
 
+def test_chat_tools_reach_the_template(llm):
+    template = ("{% for t in tools or [] %}<tool {{ t.function.name }}>{% endfor %}"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    messages = [{"role": "user", "content": "Rain?"}]
+    out = llm.chat(messages, greedy(2), use_tqdm=False, chat_template=template, tools=tools)[0]
+    tok = llm.get_tokenizer()
+    assert out.prompt_token_ids == tok.encode("<tool get_weather>Rain?", add_special_tokens=False)
+
+
 def test_generation_config_defaults(tmp_path, llama_dir):
     model_dir = tmp_path / "m"
     shutil.copytree(llama_dir, model_dir)
