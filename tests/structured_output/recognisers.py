@@ -130,3 +130,16 @@ def is_pairs(text: str) -> bool:
     except SyntaxError:
         return False
     return True
+
+
+def has_whitespace_outside_strings(text: str) -> bool:
+    """Whether JSON text has whitespace between its tokens (not inside a string)."""
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (not escaped and ch == "\\"), (escaped or ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch.isspace():
+            return True
+    return False

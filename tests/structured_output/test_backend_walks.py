@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from grammar_walk import random_walk, walk_text
 from llmserve.structured_output import StructuredOutputsParams
 from random_schemas import SchemaGenerator
-from recognisers import ARITHMETIC_EBNF, PAIRS_LARK, is_arithmetic, is_pairs
+from recognisers import (ARITHMETIC_EBNF, PAIRS_LARK, has_whitespace_outside_strings,
+                         is_arithmetic, is_pairs)
 from vocab_models import BACKEND_NAMES, MODEL_NAMES, spell
 
 #: Random schemas per (backend, model), and walks per schema.
@@ -49,18 +50,6 @@ def walk_outputs(backend, model, params: StructuredOutputsParams, num_walks: int
         if walk.terminated:
             texts.append(walk_text(model, start + walk.token_ids))
     return texts, num_walks
-
-
-def whitespace_outside_strings(text: str) -> bool:
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            escaped, in_string = (not escaped and ch == "\\"), (escaped or ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch.isspace():
-            return True
-    return False
 
 
 def assert_mostly_terminated(num_terminated: int, num_walks: int) -> None:
@@ -100,7 +89,7 @@ def test_compact_json_has_no_whitespace(make_backend, vocab_models, backend_name
         for text in texts:
             value = json.loads(text)
             jsonschema.validate(value, schema)
-            assert not whitespace_outside_strings(text), text
+            assert not has_whitespace_outside_strings(text), text
     assert_mostly_terminated(num_terminated, 20)
 
 
