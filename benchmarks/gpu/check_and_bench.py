@@ -5,7 +5,9 @@ Run on the lent H100 from the repository root (see benchmarks/README.md for the 
     python benchmarks/gpu/check_and_bench.py --phases check,latency-0.5b,latency-8b,...
 
 Phases:
-- ``kernels``: Triton kernels vs the torch reference in bf16 on random inputs.
+- ``kernels``: Triton kernels vs the torch reference in bf16 on random inputs; the token
+  bitmask also in fp32 on real vocabulary sizes, exact equality, and timed against the torch
+  op (a table in microseconds per call).
 - ``parity``: engine (bf16, Triton, CUDA graphs) vs HF transformers bf16 on the same random
   weights, Llama and Qwen2 shapes, greedy 32 tokens with top-5 logprobs (a divergence counts only where both tokens sit in each other's top-5).
 - a workload name from ``llmserve.bench.shapes.WORKLOADS``: ``llmserve bench`` in a fresh
@@ -109,8 +111,74 @@ def check_kernels(out_dir: str) -> dict:
         backends[name] = c
     report["attention_max_err"] = (outs["torch"] - outs["triton"]).abs().max().item()
     report["cache_write_equal"] = bool(torch.equal(backends["torch"], backends["triton"]))
+    bitmask_rows = check_token_bitmask(ops.apply_token_bitmask, TORCH_OPS.apply_token_bitmask,
+                                       dev, cuda_us_per_call)
+    report["token_bitmask_equal"] = all(r["equal"] for r in bitmask_rows)
     log(out_dir, "kernels " + json.dumps(report))
+    log_bitmask_table(out_dir, bitmask_rows)
     return report
+
+
+#: (vocabulary, logits rows, mask rows) of the token-bitmask check: Llama-3 and Qwen2.5
+#: vocabularies, every row constrained and a quarter of the rows constrained.
+BITMASK_CASES = [(vocab, n, 64) for vocab in (128256, 151936) for n in (64, 256)]
+
+
+def bitmask_inputs(vocab: int, num_logits_rows: int, num_mask_rows: int, dtype, device,
+                   seed: int):
+    """Random logits, a mask of random int32 words (so the sign bit is exercised) with one
+    all-allowed and one all-forbidden row, and mask rows naming a shuffled subset of the
+    logits rows."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_logits_rows, vocab, generator=g).to(dtype)
+    bitmask = torch.randint(-2 ** 31, 2 ** 31, (num_mask_rows, -(-vocab // 32)), generator=g,
+                            dtype=torch.int64).to(torch.int32)
+    bitmask[0] = -1
+    bitmask[-1] = 0
+    rows = torch.randperm(num_logits_rows, generator=g)[:num_mask_rows]
+    return logits.to(device), bitmask.to(device), rows.to(device)
+
+
+def cuda_us_per_call(fn) -> float:
+    """Median device time of ``fn()`` in microseconds (``triton.testing.do_bench`` times with
+    CUDA events and clears the L2 cache between calls)."""
+    from triton.testing import do_bench
+
+    return 1e3 * do_bench(fn, return_mode="median")
+
+
+def check_token_bitmask(triton_op, torch_op, device, us_per_call) -> list[dict]:
+    """One row per case and dtype: whether the Triton op's result equals the torch op's
+    exactly, how many entries it forbade, and each op's ``us_per_call`` on the same inputs
+    (re-applying a mask in place changes nothing, so repeated calls time the same work)."""
+    import torch
+
+    out = []
+    cases = [(case, dtype) for case in BITMASK_CASES for dtype in ("bfloat16", "float32")]
+    for seed, ((vocab, n, m), dtype) in enumerate(cases):
+        logits, bitmask, rows = bitmask_inputs(vocab, n, m, getattr(torch, dtype), device, seed)
+        got, expected = logits.clone(), logits.clone()
+        triton_op(got, bitmask, rows)
+        torch_op(expected, bitmask, rows)
+        out.append(dict(
+            vocab=vocab, logits_rows=n, mask_rows=m, dtype=dtype,
+            equal=bool(torch.equal(got, expected)),
+            forbidden=int((got == float("-inf")).sum()),
+            triton_us=round(us_per_call(lambda: triton_op(got, bitmask, rows)), 2),
+            torch_us=round(us_per_call(lambda: torch_op(expected, bitmask, rows)), 2)))
+    return out
+
+
+def log_bitmask_table(out_dir: str, rows: list[dict]) -> None:
+    log(out_dir, "\n| token bitmask | logits rows | mask rows | dtype | equal | forbidden | "
+                 "triton µs | torch µs | speedup |")
+    log(out_dir, "|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        log(out_dir, f"| vocab {r['vocab']} | {r['logits_rows']} | {r['mask_rows']} | "
+                     f"{r['dtype']} | {r['equal']} | {r['forbidden']} | {r['triton_us']} | "
+                     f"{r['torch_us']} | {r['torch_us'] / r['triton_us']:.2f}x |")
 
 
 #: Model configs of the parity phases: HF architecture -> config overrides.

@@ -27,7 +27,7 @@ wrong type from a third-party plugin is logged and skipped (its other entries st
 from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
 the plugin API (``llmserve.plugin_api``).
 
-**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.0"``) versions this catalogue and the
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.1"``) versions this catalogue and the
 modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
 entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
 a warning, and without a declaration it loads with a warning.
@@ -260,7 +260,7 @@ def llmserve_structured_output_backends() -> dict[str, type[StructuredOutputBack
     **Returns:** ``{name: backend class}``, subclasses of
     ``llmserve.structured_output.backend.StructuredOutputBackend``. The core constructs one
     instance per model with the model's ``VocabInfo`` (its tokenizer, the logits width and the
-    EOS ids) on first use; ``compile`` runs on the core's worker threads and raises
+    EOS ids) on first use; ``compile`` runs on the core's compile threads and raises
     ``GrammarError`` for a constraint it cannot take; ``matcher`` makes one
     ``GrammarMatcher`` per request, which fills its row of the step's token bitmask (a host
     ``int32`` array, one bit per token). Import the grammar library inside the class, not at
@@ -268,7 +268,7 @@ def llmserve_structured_output_backends() -> dict[str, type[StructuredOutputBack
 
     The core contributes ``"xgrammar"`` and ``"guidance"`` (llguidance).
 
-    Added in 0.1.0 (plugin API 1.0).
+    Added in 0.1.0 (plugin API 1.1).
     """
 
 

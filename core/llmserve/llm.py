@@ -83,11 +83,17 @@ class LLM:
     def _run(self, items, params, use_tqdm, priority) -> list[RequestOutput]:
         engine = self.llm_engine
         order: dict[str, int] = {}
+        grammars = {}
         try:
             for i, (item, p) in enumerate(zip(items, params)):
                 rid = str(next(self._counter))
                 order[rid] = i
-                engine.add_request(rid, item, p, priority=priority[i] if priority else 0)
+                futures = engine.submit_request(rid, item, p,
+                                                priority=priority[i] if priority else 0)
+                if futures:
+                    grammars[rid] = futures
+            # Grammars compile in parallel while the rest are added; a bad one fails the call.
+            engine.wait_for_grammars(grammars)
         except Exception:
             engine.abort_request(list(order))
             raise

@@ -73,6 +73,7 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.runner.base",           # ModelRunnerBase, RunnerConfig, StepHandle
     "llmserve.runner.model_runner",   # ModelRunner, StepBatch
     "llmserve.runner.graph_runner",   # GraphModelRunner
+    "llmserve.scheduler.output",      # SchedulerOutput, ModelRunnerOutput, GrammarBitmask
     # Attention backends
     "llmserve.attention",
     "llmserve.attention.backend",     # AttentionBackend, AttentionMetadata, ForwardContext
@@ -93,6 +94,10 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     # Sampling
     "llmserve.sample.logits_processor",  # LogitsProcessor
     "llmserve.sample.metadata",       # SamplingMetadata
+    # Structured outputs
+    "llmserve.structured_output",     # re-exports the two modules below
+    "llmserve.structured_output.backend",  # StructuredOutputBackend, GrammarMatcher, VocabInfo
+    "llmserve.structured_output.params",   # StructuredOutputsParams, GrammarSpec
     # Front ends
     "llmserve.cli.command",           # CliCommand
     # Test helpers

@@ -12,12 +12,14 @@ from llmserve.sampling_params import SamplingParams
 
 class RequestStatus(enum.IntEnum):
     WAITING = 0
-    RUNNING = 1
-    PREEMPTED = 2
+    #: Held aside until its structured-output grammar is compiled; not in the queue yet.
+    WAITING_FOR_GRAMMAR = 1
+    RUNNING = 2
+    PREEMPTED = 3
     # Everything from here on is finished.
-    FINISHED_STOPPED = 3
-    FINISHED_LENGTH_CAPPED = 4
-    FINISHED_ABORTED = 5
+    FINISHED_STOPPED = 4
+    FINISHED_LENGTH_CAPPED = 5
+    FINISHED_ABORTED = 6
 
     @property
     def is_finished(self) -> bool:
@@ -62,7 +64,7 @@ class Request:
         "priority", "cache_salt", "status", "all_token_ids", "num_prompt_tokens",
         "num_computed_tokens", "num_cached_tokens", "block_hashes", "stop_token_ids",
         "max_tokens", "stop_reason", "num_preemptions", "first_scheduled_time", "extra",
-        "num_output_placeholders",
+        "num_output_placeholders", "grammar", "grammar_future",
     )
 
     def __init__(self, req: EngineCoreRequest, max_model_len: int) -> None:
@@ -91,6 +93,10 @@ class Request:
         self.num_preemptions = 0
         self.first_scheduled_time: Optional[float] = None
         self.extra: dict[str, Any] = {}
+        #: The request's place in its structured-output grammar (None when unconstrained);
+        #: ``grammar_future`` is the compilation it waits for until then.
+        self.grammar: Any = None
+        self.grammar_future: Any = None
 
     @property
     def num_tokens(self) -> int:

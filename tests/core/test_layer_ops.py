@@ -16,10 +16,24 @@ from llmserve.plugin_testing import fresh_plugin_manager, registered_plugin
 
 def test_torch_table_holds_the_reference_ops():
     assert TORCH_OPS.name == "torch"
-    assert TORCH_OPS.names == ("rms_norm", "rotary", "silu_and_mul")
+    assert TORCH_OPS.names == ("apply_token_bitmask", "rms_norm", "rotary", "silu_and_mul")
     assert TORCH_OPS.rms_norm is torch_rms_norm
     assert TORCH_OPS["silu_and_mul"] is torch_silu_and_mul
     assert "rotary" in TORCH_OPS and "gelu" not in TORCH_OPS
+
+
+def test_token_bitmask_reference_masks_named_rows_only():
+    vocab = 70  # three words, the last one partly used
+    logits = torch.arange(4 * vocab, dtype=torch.float32).reshape(4, vocab)
+    expected = logits.clone()
+    bitmask = torch.zeros(2, 3, dtype=torch.int32)
+    bitmask[0, 0] = 0b1011  # tokens 0, 1, 3
+    bitmask[0, 2] = 1 << 5  # token 69
+    bitmask[1] = -1  # everything
+    TORCH_OPS.apply_token_bitmask(logits, bitmask, torch.tensor([2, 0]))
+    allowed = {0, 1, 3, 69}
+    expected[2, [t for t in range(vocab) if t not in allowed]] = float("-inf")
+    assert torch.equal(logits, expected)
 
 
 def test_replace_swaps_one_op_and_keeps_the_rest():
@@ -34,11 +48,12 @@ def test_replace_swaps_one_op_and_keeps_the_rest():
 
 def test_unknown_op_names_are_errors_that_list_the_table():
     with pytest.raises(ValueError, match=r"cannot replace layer ops \['rms_nrom'\]: not in "
-                                         r"table 'torch' \(it has: rms_norm, rotary, "
+                                         r"table 'torch' \(it has: apply_token_bitmask, rms_norm, rotary, "
                                          r"silu_and_mul\); add new ops with extend\(\)"):
         TORCH_OPS.replace(rms_nrom=abs)
     with pytest.raises(AttributeError, match="layer op 'gelu_and_mul' is not in table 'torch'; "
-                                             "it has: rms_norm, rotary, silu_and_mul"):
+                                             "it has: apply_token_bitmask, rms_norm, rotary, "
+                                             "silu_and_mul"):
         TORCH_OPS.gelu_and_mul
     with pytest.raises(AttributeError, match="layer op 'gelu_and_mul' is not in table"):
         TORCH_OPS["gelu_and_mul"]
@@ -50,7 +65,8 @@ def test_extend_adds_ops_and_refuses_to_shadow_one():
         return torch.nn.functional.gelu(x[..., :d]) * x[..., d:]
 
     table = TORCH_OPS.extend(gelu_and_mul=gelu_and_mul)
-    assert table.names == ("gelu_and_mul", "rms_norm", "rotary", "silu_and_mul")
+    assert table.names == ("apply_token_bitmask", "gelu_and_mul", "rms_norm", "rotary",
+                           "silu_and_mul")
     x = torch.randn(3, 8)
     assert torch.equal(table.gelu_and_mul(x), gelu_and_mul(x))
     assert "gelu_and_mul" not in TORCH_OPS

@@ -33,6 +33,7 @@ from llmserve.config import EngineArgs, SchedulerConfig
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.spec import BUILTIN_CACHE_SPECS, FullAttentionSpec
 from llmserve.models.llama import LlamaForCausalLM
+from llmserve.structured_output.backends.xgrammar import XgrammarBackend
 from llmserve.platforms.base import Platform
 from llmserve.plugin_markers import hookspec
 from llmserve.plugin_testing import fresh_plugin_manager
@@ -131,6 +132,10 @@ CASES = {
         ToyCommand(), ToyCommand,
         "entry 'toy' is class test_plugin_contract.ToyCommand, expected an instance of "
         "llmserve.cli.command.CliCommand"),
+    "llmserve_structured_output_backends": (
+        XgrammarBackend, ToyPolicy,
+        "entry 'bad' is class test_plugin_contract.ToyPolicy, expected a subclass of "
+        "llmserve.structured_output.backend.StructuredOutputBackend"),
 }
 
 
@@ -275,7 +280,7 @@ def test_loader_reads_context_flags_through_the_protocol(tmp_path):
 
 
 def test_plugin_api_version_is_exported():
-    assert llmserve.PLUGIN_API_VERSION == "1.0" == plugin_api.PLUGIN_API_VERSION
+    assert llmserve.PLUGIN_API_VERSION == "1.1" == plugin_api.PLUGIN_API_VERSION
     assert "PLUGIN_API_VERSION" in llmserve.__all__
 
 
@@ -346,10 +351,10 @@ def test_plugins_outside_their_declared_range_are_skipped(versioned_env):
     assert loaded == ["current", "undeclared"]
     assert set(out["skipped"]) == {"future", "garbled"}
     assert out["skipped"]["future"] == ("it supports plugin API '>=2.0' and this llmserve "
-                                        "provides plugin API 1.0")
+                                        "provides plugin API 1.1")
     assert out["skipped"]["garbled"] == ("LLMSERVE_PLUGIN_API = 'version one or later' is not "
                                          "a version range such as '>=1.0,<2'")
-    assert re.search(r"plugin 'future' was skipped: .*'>=2.0'.*plugin API 1.0", stderr)
+    assert re.search(r"plugin 'future' was skipped: .*'>=2.0'.*plugin API 1.1", stderr)
     # Loaded plugins' wrong entries go; their right ones stay.
     assert out["policies"] == ["current-policy", "fcfs", "priority", "undeclared-policy"]
     assert stderr.count("entry 'not-a-policy' is class builtins.dict") == 2
@@ -360,7 +365,7 @@ def test_plugin_without_a_declaration_loads_with_a_warning(versioned_env):
     assert "undeclared" in out["names"] and out["skipped"] == {}
     [warning] = [line for line in stderr.splitlines() if "declares no" in line]
     assert "'undeclared' declares no LLMSERVE_PLUGIN_API" in warning
-    assert warning.endswith("loading it with plugin API 1.0")
+    assert warning.endswith("loading it with plugin API 1.1")
     _, quiet = versioned_env.run_script(DISCOVER, plugins="current")
     assert "declares no" not in quiet
 
@@ -428,12 +433,6 @@ def test_hookspecs_document_the_deprecation_policy():
     for name, fn in vars(hookspecs).items():
         if name.startswith("llmserve_") and hasattr(fn, "llmserve_spec"):
             assert "worker" not in fn.__doc__, f"{name} speaks of worker processes"
-
-
-def test_structured_output_hook_is_gone():
-    assert not hasattr(hookspecs, "llmserve_structured_output_backends")
-    page = REPO / "docs" / "plugins" / "hooks" / "llmserve_structured_output_backends.md"
-    assert not page.exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -449,7 +449,7 @@ def test_default_plugins_implement_the_core_hooks():
     assert implemented == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
         "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
-        "llmserve_cli_commands",
+        "llmserve_cli_commands", "llmserve_structured_output_backends",
     }
 
 
@@ -474,7 +474,7 @@ def test_hookspec_catalogue():
     assert set(_hookspec_names()) == {
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
         "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
-        "llmserve_cli_commands",
+        "llmserve_cli_commands", "llmserve_structured_output_backends",
         "llmserve_http_routes", "llmserve_select_attention_backend", "llmserve_engine_started",
     }
     pm = get_plugin_manager(load_entry_points=False, default_plugins=False)

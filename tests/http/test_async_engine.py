@@ -207,3 +207,29 @@ def test_ready_message_carries_the_resolved_config_and_model_facts():
                 config.model.max_model_len = 1
 
     asyncio.run(main())
+
+
+def test_constrained_requests_are_acknowledged_once_their_grammar_compiled():
+    """A bad grammar is refused like any bad request (ValueError before a stream exists) and
+    leaves nothing in the core; a good one is served under its constraint, n>1 included."""
+    from llmserve.structured_output import StructuredOutputsParams
+
+    async def main():
+        async with AsyncEngine(EngineArgs(num_gpu_blocks_override=64)) as engine:
+            with pytest.raises(ValueError, match="cannot compile the regex constraint"):
+                await engine.add_request("bad", "x", SamplingParams(
+                    structured_outputs=StructuredOutputsParams(regex="((("), n=2))
+            texts = []
+            params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=12,
+                                    structured_outputs=StructuredOutputsParams(
+                                        choice=["alpha", "beta", "gamma"]))
+            async for out in engine.generate("The answer is", params, "good",
+                                             output_kind=RequestOutputKind.FINAL_ONLY):
+                texts = [(c.text, c.finish_reason) for c in out.outputs]
+            assert len(texts) == 3
+            assert all(text in ("alpha", "beta", "gamma") and reason == "stop"
+                       for text, reason in texts), texts
+            stats = await wait_idle(engine)
+            assert stats["num_waiting"] == 0 and stats["num_free_blocks"] == 64
+
+    asyncio.run(main())

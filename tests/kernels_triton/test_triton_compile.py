@@ -1,5 +1,6 @@
 """Ahead-of-time compilation of every shipped kernel configuration for sm_80, sm_90, gfx942
-and gfx950, for fp16 and bf16 (fp32 for the attention kernel's IEEE-dot path), without a GPU.
+and gfx950, for fp16 and bf16 (fp32 for the attention kernel's IEEE-dot path and for the
+token bitmask, whose logits are often fp32), without a GPU.
 
 Runs in a process without ``TRITON_INTERPRET`` (see conftest). The configurations come from
 each kernel module's ``aot_specs``, built by the same functions the wrappers use to pick
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from llmserve_triton.kernels import activation, attention, cache, norm, rotary
+from llmserve_triton.kernels import activation, attention, cache, norm, rotary, token_bitmask
 from llmserve_triton.kernels.common import AotSpec
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -24,14 +25,16 @@ TARGETS = {
     "gfx950": GPUTarget("hip", "gfx950", 64),
 }
 BINARY = {"cuda": "cubin", "hip": "hsaco"}
+MODULES = (attention, cache, norm, rotary, activation, token_bitmask)
 
 
 def _specs() -> list[tuple[str, AotSpec]]:
     out = []
     for dtype in (torch.float16, torch.bfloat16):
-        for module in (attention, cache, norm, rotary, activation):
+        for module in MODULES:
             out += [(f"{module.__name__.rsplit('.', 1)[1]}-{str(dtype)[6:]}-{s.label}", s)
                     for s in module.aot_specs(dtype)]
+    out += [(f"token_bitmask-float32-{s.label}", s) for s in token_bitmask.aot_specs(torch.float32)]
     out += [(f"attention-float32-{s.label}", s) for s in attention.aot_specs(torch.float32)
             if "h32-" in s.label and "decode" in s.label]
     return out
@@ -56,8 +59,7 @@ def test_compiles(spec, target):
 
 def test_every_kernel_has_a_spec():
     compiled = {s.kernel.__name__ for _, s in SPECS}
-    modules = (attention, cache, norm, rotary, activation)
-    kernels = {name for m in modules for name, obj in vars(m).items()
+    kernels = {name for m in MODULES for name, obj in vars(m).items()
                if name.endswith("_kernel") and hasattr(obj, "arg_names")}
     assert kernels and kernels <= compiled
 

@@ -93,8 +93,8 @@ def test_layer_ops_are_the_triton_kernels():
 
     table = CudaPlatform.layer_ops()
     assert table.name == "triton"
-    assert (table.rms_norm, table.rotary, table.silu_and_mul) == (
-        ops.rms_norm, ops.rotary, ops.silu_and_mul)
+    assert (table.rms_norm, table.rotary, table.silu_and_mul, table.apply_token_bitmask) == (
+        ops.rms_norm, ops.rotary, ops.silu_and_mul, ops.apply_token_bitmask)
 
 
 def test_cuda_platform_passes_the_platform_conformance_answers():

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.spec import KVCacheConfig, check_layer_specs, plan_kv_cache
 from llmserve.plugins import collect_registry
 from llmserve.runner.base import RunnerConfig
+from llmserve.scheduler.output import GrammarBitmask
 from llmserve.scheduler.scheduler import Scheduler
+from llmserve.structured_output.manager import StructuredOutputManager
 
 if TYPE_CHECKING:
     from llmserve.engine.resolver import ResolvedEngine
@@ -66,8 +69,14 @@ class EngineCore:
                              f"{cfg.scheduler.policy!r}")
         self.kv_manager = KVCacheManager.from_config(kv_config, block_size,
                                                      cfg.cache.enable_prefix_caching)
+        self.structured_outputs = self._structured_output_manager(pm)
         self.scheduler = Scheduler(cfg.scheduler, self.kv_manager,
-                                   policies[cfg.scheduler.policy](cfg.scheduler))
+                                   policies[cfg.scheduler.policy](cfg.scheduler),
+                                   self.structured_outputs)
+        #: Host time spent filling grammar bitmasks, and the steps that filled one.
+        self.grammar_fill_s = 0.0
+        self.grammar_fill_steps = 0
+        self._filler: Optional[ThreadPoolExecutor] = None
         self.async_scheduling = cfg.scheduler.async_scheduling
         #: The launched step whose outputs are not read yet (asynchronous scheduling).
         self._in_flight = None
@@ -90,12 +99,41 @@ class EngineCore:
                                                     cfg.cache.gpu_memory_utilization)
         return plan_kv_cache(specs, budget, cfg.scheduler.max_num_seqs, override)
 
+    def _structured_output_manager(self, pm) -> Optional[StructuredOutputManager]:
+        """The grammar compiler and mask filler; None without a tokenizer. The tokenizer is
+        loaded, and each backend reads the vocabulary, only when a first constrained request
+        arrives (on the compile thread)."""
+        resolved = self.resolved
+        if resolved.skip_tokenizer_init:
+            return None
+        from llmserve.engine.input_processor import read_model_facts
+
+        facts = read_model_facts(resolved)
+        vocab_size = int(resolved.hf_config["vocab_size"])
+
+        def load_vocab():
+            from llmserve.structured_output.backend import VocabInfo
+            from llmserve.tokenizer import eos_token_ids, load_tokenizer
+
+            tokenizer = load_tokenizer(facts.tokenizer)
+            eos = eos_token_ids(tokenizer, facts.eos_token_id)
+            return VocabInfo(tokenizer, vocab_size, tuple(sorted(eos)))
+
+        return StructuredOutputManager(
+            collect_registry(pm, "llmserve_structured_output_backends"),
+            resolved.config.structured_outputs.backend, load_vocab, vocab_size)
+
     @property
     def max_model_len(self) -> int:
         return self.resolved.config.model.max_model_len
 
-    def add_request(self, req: EngineCoreRequest) -> None:
-        self.scheduler.add_request(Request(req, self.max_model_len))
+    def add_request(self, req: EngineCoreRequest) -> Optional[Future]:
+        """Queue a request. For a constrained one, returns the future of its grammar: it fails
+        with a ``GrammarError`` (a ``ValueError``) if the constraint cannot be compiled, and
+        the request is then dropped with nothing allocated."""
+        request = Request(req, self.max_model_len)
+        self.scheduler.add_request(request)
+        return request.grammar_future
 
     def abort_requests(self, request_ids: Iterable[str],
                        status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
@@ -112,17 +150,47 @@ class EngineCore:
         are then the previous step's.
         """
         scheduler_output = self.scheduler.schedule()
+        grammar_ids = scheduler_output.grammar_req_ids
+        filling = None
+        if grammar_ids and self._in_flight is None:
+            # Every grammar is up to date: fill the mask beside the forward pass, which may
+            # hold this thread (a CPU device computes in the caller's thread).
+            filling = self._mask_filler().submit(self.grammar_bitmask, grammar_ids)
         pending = self.runner.execute_model_async(scheduler_output)
         outputs: list[EngineCoreOutput] = []
         if self._in_flight is not None:
             previous_output, previous = self._in_flight
             self._in_flight = None
             outputs = self.scheduler.update_from_output(previous_output, previous.result())
+        if grammar_ids:
+            # Asynchronous scheduling: the previous step's tokens just reached the grammars
+            # (above) while the device runs this step's forward; fill the mask now.
+            bitmask = filling.result() if filling is not None else self.grammar_bitmask(
+                grammar_ids)
+            self.runner.sample_tokens(bitmask)
         if self.async_scheduling and not scheduler_output.is_empty:
             self._in_flight = (scheduler_output, pending)
         else:
             outputs += self.scheduler.update_from_output(scheduler_output, pending.result())
         return outputs
+
+    def _mask_filler(self) -> ThreadPoolExecutor:
+        if self._filler is None:
+            self._filler = ThreadPoolExecutor(1, thread_name_prefix="llmserve-mask")
+        return self._filler
+
+    def grammar_bitmask(self, req_ids: list[str]) -> GrammarBitmask:
+        """The token mask of these constrained requests, filled now on the host."""
+        t0 = time.perf_counter()
+        requests = self.scheduler.requests
+        grammars = []
+        for rid in req_ids:
+            request = requests.get(rid)  # gone if the previous step finished it
+            grammars.append(request.grammar if request is not None else None)
+        bitmask = self.structured_outputs.fill_bitmask(grammars)
+        self.grammar_fill_s += time.perf_counter() - t0
+        self.grammar_fill_steps += 1
+        return GrammarBitmask(req_ids, bitmask)
 
     def stats(self) -> dict:
         return self.scheduler.make_stats()

@@ -166,6 +166,9 @@ class EngineCoreLoop:
         self.output_conn = output_conn
         #: Requests not yet scheduled: core id -> scheduler Request (for queue times).
         self._unscheduled: dict[str, Any] = {}
+        #: Acks held until the requests' grammars compiled: first core id -> (the core ids,
+        #: their grammar futures).
+        self._held_acks: dict[str, tuple[list[str], list]] = {}
         self._running = True
 
     def run(self) -> None:
@@ -176,18 +179,24 @@ class EngineCoreLoop:
         send = self.output_conn.send
         while self._running:
             if not core.has_unfinished_requests():
-                conn.poll(None)  # idle: wait for input (EOF also wakes us)
+                # Idle: wait for input (EOF also wakes us); held acks still need sending.
+                conn.poll(0.005 if self._held_acks else None)
             acks: list = []
             changed = False
             while self._running and conn.poll(0):
                 changed |= self._handle(conn.recv(), acks, RequestStatus)
+            if self._held_acks:
+                compiled = self._compiled_acks()
+                acks.extend(compiled)
+                changed |= bool(compiled)
             if acks:
                 send(("acks", acks))
             if not self._running:
                 break
             if core.has_unfinished_requests():
                 outputs = core.step()
-                send(("outputs", outputs, self._stats(), self._queue_times()))
+                if outputs or changed or core.scheduler.running:
+                    send(("outputs", outputs, self._stats(), self._queue_times()))
             elif changed:
                 send(("stats", self._stats()))
 
@@ -195,29 +204,35 @@ class EngineCoreLoop:
         """Apply one input message; returns whether the core's state changed."""
         kind = message[0]
         if kind == "add":
-            acks.append(self._add(message[1]))
+            ack = self._add(message[1])
+            if ack is not None:
+                acks.append(ack)
             return True
         if kind == "abort":
             ids, status = message[1], RequestStatus(message[2])
             self.core.abort_requests(ids, status)
             for rid in ids:
                 self._unscheduled.pop(rid, None)
+                self._held_acks.pop(rid, None)
             return True
         if kind == "shutdown":
             self._running = False
             return False
         raise ValueError(f"unknown engine-core message {kind!r}")
 
-    def _add(self, requests: list) -> tuple:
+    def _add(self, requests: list) -> "tuple | None":
         from llmserve.scheduler.scheduler import QueueFullError
 
         core = self.core
         first = requests[0].request_id
         added: list[str] = []
+        futures = []
         try:
             for req in requests:
-                core.add_request(req)
+                future = core.add_request(req)
                 added.append(req.request_id)
+                if future is not None:
+                    futures.append(future)
         except (QueueFullError, ValueError) as exc:
             if added:
                 core.abort_requests(added)
@@ -226,7 +241,29 @@ class EngineCoreLoop:
         scheduler_requests = core.scheduler.requests
         for rid in added:
             self._unscheduled[rid] = scheduler_requests[rid]
+        if futures:
+            # Acknowledged once compiled, so a bad grammar is refused like any bad request.
+            self._held_acks[first] = (added, futures)
+            return None
         return (first, None)
+
+    def _compiled_acks(self) -> list:
+        """Acks of held requests whose grammars are all done: refused if one failed (its
+        requests were already dropped by the scheduler; the others are aborted)."""
+        acks = []
+        for first, (ids, futures) in list(self._held_acks.items()):
+            if not all(f.done() for f in futures):
+                continue
+            del self._held_acks[first]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                self.core.abort_requests(ids)
+                for rid in ids:
+                    self._unscheduled.pop(rid, None)
+                acks.append((first, ("invalid", str(errors[0]))))
+            else:
+                acks.append((first, None))
+        return acks
 
     def _queue_times(self) -> dict[str, float]:
         """Seconds from arrival to first scheduling, for requests scheduled this step."""

@@ -4,6 +4,7 @@ engine core. ``LLM`` and the CLI drive it; the HTTP server uses the async client
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from typing import Optional, Union
 
 from llmserve.config import EngineArgs
@@ -38,15 +39,42 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: Union[str, list[int]],
                     params: SamplingParams, priority: int = 0,
                     arrival_time: Optional[float] = None) -> None:
+        """Queue a request. Raises ``ValueError`` for a bad prompt or parameters, including a
+        structured-output constraint that cannot be compiled (this waits for the compile)."""
+        futures = self.submit_request(request_id, prompt, params, priority, arrival_time)
+        self.wait_for_grammars({request_id: futures})
+
+    def submit_request(self, request_id: str, prompt: Union[str, list[int]],
+                       params: SamplingParams, priority: int = 0,
+                       arrival_time: Optional[float] = None) -> list[Future]:
+        """``add_request`` without waiting: returns the grammar futures of its completions
+        (empty when unconstrained), for ``wait_for_grammars``."""
         text, token_ids = self.frontend.tokenize_prompt(prompt)
         self.frontend.validate_request(token_ids, params)
         children = fan_out_params(params)
         core_ids = self.output_processor.add_request(request_id, text, token_ids, children)
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        for cid, child in zip(core_ids, children):
-            self.core.add_request(EngineCoreRequest(cid, token_ids, child,
-                                                    self.frontend.eos_token_ids, arrival,
-                                                    priority))
+        futures = []
+        try:
+            for cid, child in zip(core_ids, children):
+                future = self.core.add_request(EngineCoreRequest(
+                    cid, token_ids, child, self.frontend.eos_token_ids, arrival, priority))
+                if future is not None:
+                    futures.append(future)
+        except Exception:
+            self.abort_request(request_id)
+            raise
+        return futures
+
+    def wait_for_grammars(self, futures: dict[str, list[Future]]) -> None:
+        """Wait until the grammars of these requests compiled; if one failed, abort all of
+        them and raise its ``ValueError``."""
+        for request_id, request_futures in futures.items():
+            for future in request_futures:
+                error = future.exception()
+                if error is not None:
+                    self.abort_request(list(futures))
+                    raise ValueError(str(error)) from None
 
     def abort_request(self, request_ids: Union[str, list[str]]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else request_ids

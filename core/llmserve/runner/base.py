@@ -10,6 +10,7 @@ drives the runner through the methods of ``ModelRunnerBase`` in a fixed order::
     runner.initialize_kv_cache(kv_config)         # the planned cache
     runner.warm_up()
     handle = runner.execute_model_async(so)       # every step; handle.result() later
+    runner.sample_tokens(grammar_bitmask)         # only when so.grammar_req_ids is non-empty
 
 Only host values cross this line: ``SchedulerOutput`` in, ``ModelRunnerOutput`` (plain
 Python lists) out. This module imports no torch, so a runner on another framework (JAX on a
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 
 from llmserve.config import EngineConfig
 from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
-from llmserve.scheduler.output import ModelRunnerOutput, SchedulerOutput
+from llmserve.scheduler.output import GrammarBitmask, ModelRunnerOutput, SchedulerOutput
 
 if TYPE_CHECKING:
     from llmserve.platforms.base import Platform
@@ -119,6 +120,25 @@ class ModelRunnerBase(ABC):
         of the next step. Returns a handle whose ``result()`` gives the ``ModelRunnerOutput``:
         one entry per scheduled request, in the order of its ``req_ids``."""
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        """Run one step and wait for its output."""
-        return self.execute_model_async(scheduler_output).result()
+    def sample_tokens(self, grammar: GrammarBitmask) -> None:
+        """Finish the step launched last by sampling under the structured-output mask.
+
+        When ``scheduler_output.grammar_req_ids`` is non-empty, ``execute_model_async`` queues
+        the forward pass but holds the sampling; the engine fills the mask on the host while
+        the device computes, then calls this once, before that step's ``result()``. Row ``i``
+        of ``grammar.bitmask`` belongs to ``grammar.req_ids[i]``; tokens whose bit is clear
+        must get probability zero (logit -inf) before sampling, and unconstrained rows must
+        not be touched. Added in plugin API 1.1; a runner without it cannot serve constrained
+        requests.
+        """
+        raise NotImplementedError(f"{type(self).__qualname__} does not support structured "
+                                  "outputs (ModelRunnerBase.sample_tokens)")
+
+    def execute_model(self, scheduler_output: SchedulerOutput,
+                      grammar: Optional[GrammarBitmask] = None) -> ModelRunnerOutput:
+        """Run one step and wait for its output; ``grammar`` is the step's mask when the
+        step has constrained requests."""
+        handle = self.execute_model_async(scheduler_output)
+        if scheduler_output.grammar_req_ids:
+            self.sample_tokens(grammar)
+        return handle.result()

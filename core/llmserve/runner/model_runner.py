@@ -23,7 +23,8 @@ from llmserve.models.loader import load_model
 from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import compute_prompt_logprobs
-from llmserve.scheduler.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from llmserve.scheduler.output import (GrammarBitmask, LogprobsLists, ModelRunnerOutput,
+                                       SchedulerOutput)
 from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
@@ -83,6 +84,9 @@ class ModelRunner(ModelRunnerBase):
         self._previous: Optional[PendingOutput] = None
         # Built-ins first, then the classes plugins contribute through the hook.
         self.sampler = Sampler(make_logits_processors(config.logits_processor_classes))
+        self.ops = self.platform.layer_ops()
+        #: The launched step whose sampling waits for its grammar bitmask (``sample_tokens``).
+        self._held: Optional[HeldSampling] = None
         self.kv_caches: list = []
         #: Whether the model has per-request state layers (the forward then gets slots).
         self.has_state_layers = False
@@ -293,14 +297,43 @@ class ModelRunner(ModelRunnerBase):
                 device=dev,
                 arrays=arrays,
             )
-            out = self.sampler.forward(logits, md_s)
-            pending.launch_copy(out, batch.reserve_tokens(sample_rows),
-                                [batch.params[r].logprobs for r in sample_rows]
-                                if out.logprobs is not None else None)
+            held = HeldSampling(pending, logits, md_s)
+            if so.grammar_req_ids:
+                self._held = held  # sampled by sample_tokens, once the mask is filled
+            else:
+                self._sample(held)
         pending.prompt_logprobs = self._prompt_logprobs(
             req_ids, rows, cu - step.num_sched, step.computed, step.num_sched, hidden)
         self._previous = pending
         return pending
+
+    def sample_tokens(self, grammar: GrammarBitmask) -> None:
+        """Apply the step's grammar bitmask to the held logits (one device operation over
+        the constrained rows only) and queue the sampling."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        with self.platform.inference_mode():
+            rows = self.batch.row_of
+            sample_rows = held.pending.sample_rows
+            position = np.full(self.max_num_seqs, -1, dtype=np.int64)
+            position[sample_rows] = np.arange(len(sample_rows))
+            mask_rows = np.fromiter((rows.get(r, -1) for r in grammar.req_ids), dtype=np.int64,
+                                    count=len(grammar.req_ids))
+            target = np.where(mask_rows >= 0, position[mask_rows], -1)
+            keep = np.nonzero(target >= 0)[0]
+            if len(keep):
+                self.ops.apply_token_bitmask(held.logits, self.upload(grammar.bitmask[keep]),
+                                             self.upload(target[keep]))
+            self._sample(held)
+
+    def _sample(self, held: "HeldSampling") -> None:
+        pending, batch = held.pending, self.batch
+        sample_rows = pending.sample_rows
+        out = self.sampler.forward(held.logits, held.metadata)
+        pending.launch_copy(out, batch.reserve_tokens(sample_rows),
+                            [batch.params[r].logprobs for r in sample_rows]
+                            if out.logprobs is not None else None)
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """A host array on the device without blocking the host: staged through pinned
@@ -349,6 +382,15 @@ class ModelRunner(ModelRunnerBase):
             lp = compute_prompt_logprobs(logits, targets, params.prompt_logprobs).tolists()
             result[req_ids[i]] = lp
         return result
+
+
+@dataclass
+class HeldSampling:
+    """A step's logits and sampling inputs, between the forward and the sampling."""
+
+    pending: "PendingOutput"
+    logits: torch.Tensor
+    metadata: SamplingMetadata
 
 
 class PendingOutput:

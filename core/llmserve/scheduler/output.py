@@ -9,7 +9,7 @@ not to the tokens they hold.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from llmserve.sampling_params import SamplingParams
 
@@ -53,10 +53,26 @@ class SchedulerOutput:
     finished_req_ids: set[str]
     #: Requests preempted this step: the runner drops their state; they come back as new.
     preempted_req_ids: set[str] = field(default_factory=set)
+    #: Requests that sample a constrained token this step, in scheduling order: the runner
+    #: holds their sampling until it gets the step's ``GrammarBitmask`` (rows in this order).
+    grammar_req_ids: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
         return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class GrammarBitmask:
+    """The structured-output token mask of one step, filled on the host.
+
+    Row ``i`` of ``bitmask`` (numpy int32, ``[len(req_ids), ceil(vocab_size / 32)]``) belongs
+    to ``req_ids[i]``, which is ``SchedulerOutput.grammar_req_ids``: bit ``j`` of word ``w``
+    set means token ``32 * w + j`` is allowed.
+    """
+
+    req_ids: list[str]
+    bitmask: Any
 
 
 @dataclass

@@ -10,8 +10,11 @@ No torch here, and no formatted logging in the step loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import TYPE_CHECKING, Optional
 
 from llmserve.config import SchedulerConfig
 from llmserve.request import EngineCoreOutput, Request, RequestStatus
@@ -25,10 +28,18 @@ from llmserve.scheduler.output import (
 )
 from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
 
+if TYPE_CHECKING:
+    from llmserve.structured_output.manager import StructuredOutputManager
+
+logger = logging.getLogger(__name__)
+
 _RUNNING = RequestStatus.RUNNING
 _STOPPED = RequestStatus.FINISHED_STOPPED
 _LENGTH = RequestStatus.FINISHED_LENGTH_CAPPED
 _ABORTED = RequestStatus.FINISHED_ABORTED
+_AWAITING_GRAMMAR = RequestStatus.WAITING_FOR_GRAMMAR
+#: How long an otherwise idle ``schedule()`` waits for a grammar to finish compiling.
+_GRAMMAR_POLL_S = 0.005
 #: request.extra key: prompt-logprob rows already sent (a resumed request recomputes them).
 _PLP_SENT = "num_prompt_logprobs_sent"
 
@@ -45,8 +56,14 @@ class Scheduler:
         scheduler_config: SchedulerConfig,
         kv_cache_manager: KVCacheManager,
         policy: SchedulingPolicy,
+        structured_outputs: Optional["StructuredOutputManager"] = None,
     ) -> None:
         self.config = scheduler_config
+        #: Compiles the grammars of constrained requests; None when the engine has no
+        #: tokenizer (such requests are then refused).
+        self.structured_outputs = structured_outputs
+        #: Constrained requests whose grammar is still compiling, in arrival order.
+        self.awaiting_grammar: list[Request] = []
         self.kv_cache_manager = kv_cache_manager
         self.policy = policy
         self.max_num_seqs = scheduler_config.max_num_seqs
@@ -69,15 +86,29 @@ class Scheduler:
     # -- intake and queries -------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        """Queue a request; raises QueueFullError when ``max_waiting_requests`` are waiting."""
+        """Queue a request; raises QueueFullError when ``max_waiting_requests`` are waiting.
+
+        A constrained request first waits for its grammar (``WAITING_FOR_GRAMMAR``, outside the
+        policy's queue); its compilation starts now, on the structured-output manager's
+        threads, and ``request.grammar_future`` tells when it is done.
+        """
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the scheduler")
         cap = self.max_waiting_requests
-        if cap is not None and len(self.policy) >= cap:
+        if cap is not None and len(self.policy) + len(self.awaiting_grammar) >= cap:
             raise QueueFullError(
                 f"waiting queue is full ({cap} requests, max_waiting_requests); retry later")
-        request.status = RequestStatus.WAITING
-        self.policy.add(request)
+        constraint = request.sampling_params.structured_outputs
+        if constraint is not None:
+            if self.structured_outputs is None:
+                raise ValueError("structured_outputs needs the model's tokenizer; this engine "
+                                 "runs with skip_tokenizer_init")
+            request.grammar_future = self.structured_outputs.submit(constraint)
+            request.status = _AWAITING_GRAMMAR
+            self.awaiting_grammar.append(request)
+        else:
+            request.status = RequestStatus.WAITING
+            self.policy.add(request)
         self.requests[request.request_id] = request
 
     @property
@@ -90,13 +121,14 @@ class Scheduler:
 
     def has_unfinished_requests(self) -> bool:
         """True while any request waits or runs, or finished outputs are yet to be sent."""
-        return bool(self.running) or len(self.policy) > 0 or bool(self._pending_outputs)
+        return (bool(self.running) or len(self.policy) > 0 or bool(self._pending_outputs)
+                or bool(self.awaiting_grammar))
 
     def make_stats(self) -> dict:
         stats = self.kv_cache_manager.prefix_cache_stats
         return {
             "num_running": len(self.running),
-            "num_waiting": len(self.policy),
+            "num_waiting": len(self.policy) + len(self.awaiting_grammar),
             "kv_cache_usage": self.kv_cache_manager.usage,
             "prefix_cache_queries": stats.queries,
             "prefix_cache_hits": stats.hits,
@@ -125,10 +157,13 @@ class Scheduler:
         request is admitted in a step that had to preempt. ``num_computed_tokens`` in the
         output's New/CachedRequestData is the count *before* this step's tokens.
         """
+        if self.awaiting_grammar:
+            self._queue_compiled(block=not self.running and not len(self.policy))
         kv = self.kv_cache_manager
         ctx = self.scheduling_context()
         budget = self.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
+        grammar_req_ids: list[str] = []
         # req_id -> (new block ids, num_computed_tokens before this step), in schedule order.
         scheduled_running: dict[str, tuple[list[int], int]] = {}
         new_reqs: list[NewRequestData] = []
@@ -171,14 +206,17 @@ class Scheduler:
             scheduled_running[request.request_id] = (new_ids, request.num_computed_tokens)
             num_scheduled[request.request_id] = num_new
             request.num_computed_tokens += num_new
-            if self.async_scheduling and (request.num_computed_tokens
-                                          == request.num_tokens + placeholders):
-                request.num_output_placeholders += 1  # this step samples a token
+            if request.num_computed_tokens == request.num_tokens + placeholders:
+                # This step samples a token.
+                if self.async_scheduling:
+                    request.num_output_placeholders += 1
+                if request.grammar is not None:
+                    grammar_req_ids.append(request.request_id)
             budget -= num_new
             i += 1
 
         if not preempted:
-            budget = self._admit_waiting(budget, num_scheduled, new_reqs, ctx)
+            budget = self._admit_waiting(budget, num_scheduled, new_reqs, ctx, grammar_req_ids)
 
         values = scheduled_running.values()
         cached = CachedRequestData(
@@ -194,11 +232,12 @@ class Scheduler:
             total_num_scheduled_tokens=self.max_num_batched_tokens - budget,
             finished_req_ids=finished,
             preempted_req_ids=preempted,
+            grammar_req_ids=grammar_req_ids,
         )
 
     def _admit_waiting(
         self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData],
-        ctx: SchedulingContext,
+        ctx: SchedulingContext, grammar_req_ids: list[str],
     ) -> int:
         """Move waiting requests to running while tokens, sequences and blocks last."""
         kv = self.kv_cache_manager
@@ -239,8 +278,12 @@ class Scheduler:
             ))
             num_scheduled[rid] = num_new
             request.num_computed_tokens = num_hit + num_new
-            if self.async_scheduling and request.num_computed_tokens == request.num_tokens:
-                request.num_output_placeholders += 1  # this step samples a token
+            if request.num_computed_tokens == request.num_tokens:
+                # This step samples a token.
+                if self.async_scheduling:
+                    request.num_output_placeholders += 1
+                if request.grammar is not None:
+                    grammar_req_ids.append(rid)
             budget -= num_new
         return budget
 
@@ -295,15 +338,33 @@ class Scheduler:
         return outputs
 
     def _append_and_check_stop(self, request: Request, new_ids: list[int]) -> int:
-        """Append tokens one by one until a stop condition; returns how many were kept."""
+        """Append tokens one by one until a stop condition; returns how many were kept.
+
+        A constrained request's grammar accepts each token; the grammar completing (its end
+        token accepted) stops the request.
+        """
         tokens = request.all_token_ids
         stop_ids = request.stop_token_ids
         min_tokens = request.sampling_params.min_tokens
         num_prompt = request.num_prompt_tokens
         max_tokens = request.max_tokens
         max_model_len = self.max_model_len
+        grammar = request.grammar
         for k, tok in enumerate(new_ids, 1):
             tokens.append(tok)
+            if grammar is not None:
+                matcher = grammar.matcher
+                if not matcher.accept_token(tok):
+                    # The mask allowed only what the grammar accepts: this is a bug, and the
+                    # output so far cannot be trusted.
+                    logger.error("request %s: grammar rejected sampled token %d; aborting it",
+                                 request.request_id, tok)
+                    request.status = _ABORTED
+                    return k
+                if matcher.is_terminated():
+                    request.status = _STOPPED
+                    request.stop_reason = None
+                    return k
             num_output = len(tokens) - num_prompt
             if tok in stop_ids and num_output >= min_tokens:
                 request.status = _STOPPED
@@ -349,7 +410,7 @@ class Scheduler:
             raise ValueError(f"finish_requests needs a finished status, got {finished_status!r}")
         if isinstance(request_ids, str):
             request_ids = (request_ids,)
-        was_running = False
+        was_running = was_awaiting = False
         waiting = []
         for rid in request_ids:
             request = self.requests.get(rid)
@@ -357,14 +418,41 @@ class Scheduler:
                 continue
             if request.status is _RUNNING:
                 was_running = True
+            elif request.status is _AWAITING_GRAMMAR:
+                was_awaiting = True
             else:
                 waiting.append(request)
             request.status = finished_status
             self._release(request)
         if was_running:
             self.running = [r for r in self.running if r.status is _RUNNING]
+        if was_awaiting:
+            self.awaiting_grammar = [r for r in self.awaiting_grammar
+                                     if r.status is _AWAITING_GRAMMAR]
         if waiting:
             self.policy.remove(waiting)
+
+    def _queue_compiled(self, block: bool) -> None:
+        """Move constrained requests whose grammar compiled into the policy's queue, and drop
+        those whose grammar failed (the caller learns why from ``request.grammar_future``).
+        ``block``: nothing else can run, so wait a moment for a compilation to finish rather
+        than spin."""
+        if block:
+            wait([r.grammar_future for r in self.awaiting_grammar], timeout=_GRAMMAR_POLL_S,
+                 return_when=FIRST_COMPLETED)
+        still = []
+        for request in self.awaiting_grammar:
+            future = request.grammar_future
+            if not future.done():
+                still.append(request)
+            elif future.exception() is not None:
+                request.status = _ABORTED
+                del self.requests[request.request_id]  # nothing was allocated
+            else:
+                request.grammar = future.result().start()
+                request.status = RequestStatus.WAITING
+                self.policy.add(request)
+        self.awaiting_grammar = still
 
     def _release(self, request: Request) -> None:
         """Free a finished request's blocks and forget it (the caller fixes the queues)."""

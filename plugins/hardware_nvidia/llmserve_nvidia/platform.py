@@ -42,7 +42,8 @@ class CudaPlatform(GpuPlatform):
 
     @classmethod
     def layer_ops(cls) -> LayerOps:
-        from llmserve_triton.ops import rms_norm, rotary, silu_and_mul
+        from llmserve_triton.ops import apply_token_bitmask, rms_norm, rotary, silu_and_mul
 
         return TORCH_OPS.replace("triton", rms_norm=rms_norm, rotary=rotary,
-                                 silu_and_mul=silu_and_mul)
+                                 silu_and_mul=silu_and_mul,
+                                 apply_token_bitmask=apply_token_bitmask)

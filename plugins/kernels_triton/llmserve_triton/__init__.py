@@ -1,10 +1,10 @@
 """Portable Triton kernels for llmserve (NVIDIA and AMD).
 
 Importing this package imports neither torch nor triton: the layer-level fast paths
-(``rms_norm``, ``rotary``, ``silu_and_mul``, ``reshape_and_cache``, ``paged_attention``) and
-the ``TritonPagedAttention`` backend are resolved on first attribute access, so that
-``llmserve plugins`` and the entry-point scan stay cheap, and so that a test can set
-``TRITON_INTERPRET=1`` before any kernel is defined.
+(``rms_norm``, ``rotary``, ``silu_and_mul``, ``reshape_and_cache``, ``paged_attention``,
+``apply_token_bitmask``) and the ``TritonPagedAttention`` backend are resolved on first
+attribute access, so that ``llmserve plugins`` and the entry-point scan stay cheap, and so
+that a test can set ``TRITON_INTERPRET=1`` before any kernel is defined.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ _LAZY = {
     "silu_and_mul": "llmserve_triton.ops",
     "reshape_and_cache": "llmserve_triton.ops",
     "paged_attention": "llmserve_triton.ops",
+    "apply_token_bitmask": "llmserve_triton.ops",
     "TritonPagedAttention": "llmserve_triton.backend",
 }
 
-__all__ = ["TritonPagedAttention", "paged_attention", "reshape_and_cache", "rms_norm", "rotary",
-           "silu_and_mul"]
+__all__ = ["TritonPagedAttention", "apply_token_bitmask", "paged_attention", "reshape_and_cache",
+           "rms_norm", "rotary", "silu_and_mul"]
 
 
 def __getattr__(name: str) -> Any:

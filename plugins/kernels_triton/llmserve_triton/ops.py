@@ -6,6 +6,7 @@ These are the entry points hardware plugins call; each mirrors a core reference 
 - ``rotary(positions, q, k, cos_cache, sin_cache)`` ~ ``llmserve.layers.rotary.RotaryEmbedding``
 - ``silu_and_mul(x)``                               ~ ``llmserve.layers.activation.SiluAndMul``
 - ``reshape_and_cache`` and ``paged_attention``     ~ ``llmserve.attention.torch_ref``
+- ``apply_token_bitmask(logits, bitmask, rows)``    ~ ``llmserve.layers.ops``'s torch version
 """
 
 from __future__ import annotations
@@ -15,5 +16,7 @@ from llmserve_triton.kernels.attention import paged_attention
 from llmserve_triton.kernels.cache import reshape_and_cache
 from llmserve_triton.kernels.norm import rms_norm
 from llmserve_triton.kernels.rotary import rotary
+from llmserve_triton.kernels.token_bitmask import apply_token_bitmask
 
-__all__ = ["paged_attention", "reshape_and_cache", "rms_norm", "rotary", "silu_and_mul"]
+__all__ = ["apply_token_bitmask", "paged_attention", "reshape_and_cache", "rms_norm", "rotary",
+           "silu_and_mul"]

@@ -22,5 +22,9 @@ def quoted(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+#: Longest run of whitespace JSON may have between two tokens when whitespace is free: room
+#: for pretty-printed nesting, but a model cannot stall in an endless run of blanks.
+MAX_JSON_WHITESPACE = 20
+
 #: ``json_object`` means "any JSON object" (OpenAI's response_format), not any JSON value.
 JSON_OBJECT_SCHEMA = '{"type":"object"}'

@@ -11,8 +11,8 @@ import numpy as np
 
 from llmserve.structured_output.backend import (GrammarError, GrammarMatcher,
                                                 StructuredOutputBackend, VocabInfo)
-from llmserve.structured_output.backends import (JSON_OBJECT_SCHEMA, choice_alternatives,
-                                                 is_ebnf, quoted)
+from llmserve.structured_output.backends import (JSON_OBJECT_SCHEMA, MAX_JSON_WHITESPACE,
+                                                 choice_alternatives, is_ebnf, quoted)
 from llmserve.structured_output.backends.xgrammar import _first_line
 from llmserve.structured_output.params import GrammarSpec
 
@@ -24,23 +24,39 @@ def gbnf_to_lark(source: str) -> str:
 
 
 class GuidanceMatcher(GrammarMatcher):
-    __slots__ = ("matcher", "_fill")
+    """llguidance stops as soon as the grammar cannot go on, before any EOS; this matcher
+    terminates only once the EOS that then alone is allowed was accepted, as xgrammar's do,
+    so every backend ends a request on its end token."""
 
-    def __init__(self, matcher: Any, fill) -> None:
+    __slots__ = ("matcher", "_fill", "_eos", "_ended_at", "_num_accepted")
+
+    def __init__(self, matcher: Any, fill, eos_token_ids: frozenset[int]) -> None:
         self.matcher = matcher
         self._fill = fill
+        self._eos = eos_token_ids
+        #: Tokens accepted when the end token was; None while it was not.
+        self._ended_at: int | None = None
+        self._num_accepted = 0
 
     def accept_token(self, token_id: int) -> bool:
-        return self.matcher.consume_token(token_id)
+        if not self.matcher.consume_token(token_id):
+            return False
+        self._num_accepted += 1
+        if token_id in self._eos and self._ended_at is None:
+            self._ended_at = self._num_accepted
+        return True
 
     def rollback(self, num_tokens: int) -> None:
         self.matcher.rollback(num_tokens)
+        self._num_accepted -= num_tokens
+        if self._ended_at is not None and self._ended_at > self._num_accepted:
+            self._ended_at = None
 
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         self._fill(self.matcher, bitmask, row)
 
     def is_terminated(self) -> bool:
-        return self.matcher.is_stopped()
+        return self._ended_at is not None
 
 
 class GuidanceBackend(StructuredOutputBackend):
@@ -57,6 +73,7 @@ class GuidanceBackend(StructuredOutputBackend):
         self._tokenizer = llguidance.hf.from_tokenizer(vocab.tokenizer,
                                                        n_vocab=vocab.vocab_size,
                                                        eos_token=list(vocab.eos_token_ids))
+        self._eos = frozenset(vocab.eos_token_ids)
         self._executor = llguidance.LLExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)))
 
     def compile(self, spec: GrammarSpec) -> Any:
@@ -74,7 +91,8 @@ class GuidanceBackend(StructuredOutputBackend):
 
     def _grammar(self, spec: GrammarSpec) -> str:
         m = self._llg.LLMatcher
-        ws = {"whitespace_flexible": spec.any_whitespace}
+        ws = ({"whitespace_pattern": f"[\\x20\\x0A\\x0D\\x09]{{0,{MAX_JSON_WHITESPACE}}}"}
+              if spec.any_whitespace else {"whitespace_flexible": False})
         if spec.kind == "json":
             return m.grammar_from_json_schema(spec.source, defaults=ws)
         if spec.kind == "json_object":
@@ -89,7 +107,7 @@ class GuidanceBackend(StructuredOutputBackend):
 
     def matcher(self, compiled: Any) -> GrammarMatcher:
         return GuidanceMatcher(self._llg.LLMatcher(self._tokenizer, compiled),
-                               self._np.fill_next_token_bitmask)
+                               self._np.fill_next_token_bitmask, self._eos)
 
     def fill_bitmasks(self, matchers: Sequence[GrammarMatcher], bitmask: np.ndarray,
                       rows: Sequence[int]) -> None:

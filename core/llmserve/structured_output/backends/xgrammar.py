@@ -11,8 +11,8 @@ import numpy as np
 
 from llmserve.structured_output.backend import (GrammarError, GrammarMatcher,
                                                 StructuredOutputBackend, VocabInfo)
-from llmserve.structured_output.backends import (JSON_OBJECT_SCHEMA, choice_alternatives,
-                                                 is_ebnf, quoted)
+from llmserve.structured_output.backends import (JSON_OBJECT_SCHEMA, MAX_JSON_WHITESPACE,
+                                                 choice_alternatives, is_ebnf, quoted)
 from llmserve.structured_output.params import GrammarSpec
 
 
@@ -53,12 +53,11 @@ class XgrammarBackend(StructuredOutputBackend):
     def compile(self, spec: GrammarSpec) -> Any:
         compiler = self._compiler
         try:
-            if spec.kind == "json":
-                return compiler.compile_json_schema(spec.source,
-                                                    any_whitespace=spec.any_whitespace)
-            if spec.kind == "json_object":
-                return compiler.compile_json_schema(JSON_OBJECT_SCHEMA,
-                                                    any_whitespace=spec.any_whitespace)
+            if spec.kind in ("json", "json_object"):
+                schema = spec.source if spec.kind == "json" else JSON_OBJECT_SCHEMA
+                return compiler.compile_json_schema(
+                    schema, any_whitespace=spec.any_whitespace,
+                    max_whitespace_cnt=MAX_JSON_WHITESPACE if spec.any_whitespace else None)
             if spec.kind == "regex":
                 return compiler.compile_regex(spec.source)
             if spec.kind == "choice":
