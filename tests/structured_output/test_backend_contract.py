@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from grammar_walk import mask_of, random_walk, walk_text
+from llmserve.plugin_testing.structured_output import check_structured_output_backend
 from llmserve.structured_output import GrammarError, StructuredOutputsParams, bitmask_width
 from recognisers import ARITHMETIC_EBNF, PAIRS_LARK
 from vocab_models import BACKEND_NAMES, MODEL_NAMES, spell
@@ -281,3 +282,13 @@ def test_schema_keywords_are_honoured_or_refused(make_backend, vocab_models, bac
     assert not invalid, f"{backend_name} compiled {json.dumps(schema)} but let through " \
                         f"{invalid[:3]}"
 
+
+def test_shipped_backends_pass_the_conformance_kit(backend_classes, vocab_models,
+                                                   backend_name, model_name):
+    """The kit third-party backends are held to (``llmserve.plugin_testing``)."""
+    schema = {"type": "object", "properties": {"a": {"type": "array",
+                                                     "items": {"type": "integer"}}}}
+    check_structured_output_backend(
+        backend_classes[backend_name], vocab_models[model_name].vocab_info(),
+        StructuredOutputsParams(json=schema).spec, '{"a": [1, 22]}',
+        bad_spec=StructuredOutputsParams(regex="(abc").spec)
