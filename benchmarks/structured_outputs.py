@@ -1,6 +1,10 @@
 """Structured-output overhead: throughput with every request under a JSON schema against the
 same batch unconstrained, and the host time spent filling the token mask per step.
 
+With ``--peer hf``, HF transformers' ``generate`` runs the same batch in the same process,
+unconstrained and under the same schema through xgrammar's transformers logits processor
+(``xgrammar.contrib.hf``), the way a transformers user constrains output.
+
 Random weights (``load_format="dummy"``) on a standard shape: the mask costs the same whatever
 the weights. The schema is an array of at least 1000 objects, so no constrained request can
 complete inside ``--output-len``: every request of both runs decodes exactly that many tokens
@@ -13,6 +17,7 @@ shape (``--tokenizer``; the tiny shape takes the embedded model's, 4096 tokens).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -20,11 +25,15 @@ import time
 from pathlib import Path
 
 from llmserve import LLM, SamplingParams
-from llmserve.bench.offline import _settle, _sync, random_prompts
+import torch
+
+from llmserve.bench.offline import _settle, _sync, build_hf_model, random_prompts
 from llmserve.bench.results import make_result, write_result
 from llmserve.bench.shapes import SHAPES, shape_dir
 from llmserve.default_model import DEFAULT_MODEL_PATH
+from llmserve.models.loader import read_hf_config
 from llmserve.structured_output import StructuredOutputsParams
+from llmserve.structured_output.backends import MAX_JSON_WHITESPACE
 
 #: Records of a made-up inventory; minItems keeps every request generating to the cap.
 SCHEMA = {
@@ -63,6 +72,46 @@ def timed(llm: LLM, prompts, params) -> tuple[float, list]:
     return time.perf_counter() - t0, outs
 
 
+def hf_peer(folder: str, dtype: torch.dtype, device: str, prompts: list[list[int]],
+            output_len: int, repeats: int) -> dict:
+    """Best-of-``repeats`` throughput of HF ``generate`` on the batch, plain and under
+    SCHEMA (xgrammar's logits processor, a fresh one per call as it requires)."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    model = build_hf_model(dict(read_hf_config(folder), _shape=True), folder, dtype, device)
+    info = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(folder),
+                                              vocab_size=model.config.vocab_size)
+    grammar = xgr.GrammarCompiler(info).compile_json_schema(
+        json.dumps(SCHEMA), any_whitespace=True, max_whitespace_cnt=MAX_JSON_WHITESPACE)
+    ids = torch.tensor(prompts, device=device)
+
+    def run(constrained: bool, n: int = output_len) -> tuple[float, int]:
+        processors = [LogitsProcessor(grammar)] if constrained else None
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
+                             logits_processor=processors)
+        _sync(device)
+        return time.perf_counter() - t0, out.shape[1] - ids.shape[1]
+
+    with torch.inference_mode():
+        run(False, 4), run(True, 4)
+        plain = [run(False) for _ in range(repeats)]
+        constrained = [run(True) for _ in range(repeats)]
+    if {n for _, n in plain + constrained} != {output_len}:
+        raise RuntimeError("an HF run ended before output_len")
+    tokens = len(prompts) * output_len
+    best_plain, best_constrained = min(t for t, _ in plain), min(t for t, _ in constrained)
+    return {"unconstrained_tok_s": round(tokens / best_plain, 1),
+            "json_schema_tok_s": round(tokens / best_constrained, 1),
+            "ratio": round(best_plain / best_constrained, 3),
+            "runs_s": {"unconstrained": [round(t, 4) for t, _ in plain],
+                       "json_schema": [round(t, 4) for t, _ in constrained]}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
@@ -72,10 +121,13 @@ def main() -> int:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each; best is kept")
+    ap.add_argument("--peer", default="none", choices=["none", "hf"],
+                    help="hf: also time HF transformers generate, plain and constrained")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
 
-    llm = LLM(model=model_dir(args.shape, args.tokenizer), load_format="dummy",
+    folder = model_dir(args.shape, args.tokenizer)
+    llm = LLM(model=folder, load_format="dummy",
               structured_outputs_backend=args.backend, max_num_seqs=args.batch,
               max_model_len=args.input_len + args.output_len + 16)
     core = llm.llm_engine.core
@@ -125,9 +177,28 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     if args.results_dir:
         print("wrote", write_result(result, args.results_dir))
-    print(f"| {args.shape} | {args.backend} | batch {args.batch} | "
-          f"{figures['unconstrained_tok_s']} | {figures['json_schema_tok_s']} | "
-          f"{figures['ratio']:.1%} | {figures['mask_fill_ms_per_step']} ms |")
+    rows = [f"| {args.shape} | llmserve ({args.backend}) | batch {args.batch} | "
+            f"{figures['unconstrained_tok_s']} | {figures['json_schema_tok_s']} | "
+            f"{figures['ratio']:.1%} | {figures['mask_fill_ms_per_step']} ms |"]
+    if args.peer == "hf":
+        device, dtype = core.device.type, core.resolved.torch_dtype
+        del llm, core, outs
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        peer = {"shape": args.shape, "batch": args.batch, "input_len": args.input_len,
+                "output_len": args.output_len,
+                **hf_peer(folder, dtype, device, [p["prompt_token_ids"] for p in prompts],
+                          args.output_len, args.repeats)}
+        result = make_result(f"structured-outputs-{args.shape}-xgrammar",
+                             "hf-generate", device, peer)
+        print(json.dumps(result, indent=1))
+        if args.results_dir:
+            print("wrote", write_result(result, args.results_dir))
+        rows.append(f"| {args.shape} | HF generate (xgrammar processor) | batch {args.batch} | "
+                    f"{peer['unconstrained_tok_s']} | {peer['json_schema_tok_s']} | "
+                    f"{peer['ratio']:.1%} | |")
+    print("\n".join(rows))
     return 0
 
 

@@ -35,6 +35,18 @@ def allowed_tokens(bitmask: np.ndarray, row: int, vocab_size: int) -> np.ndarray
     return np.nonzero(bits)[0]
 
 
+def _tokenize(tokenizer, text: str) -> list[int]:
+    """``text``'s tokens as they would follow other text: SentencePiece tokenizers put a
+    word-start marker (a space) before the first piece of a string, which a grammar that
+    begins with ``{`` rightly refuses. Tokenizing after a newline anchor and dropping the
+    anchor's tokens avoids it; tokenizers that merge across the anchor get a plain encode."""
+    anchor = tokenizer.encode("\n", add_special_tokens=False)
+    ids = tokenizer.encode("\n" + text, add_special_tokens=False)
+    if ids[:len(anchor)] == anchor and tokenizer.decode(ids[len(anchor):]) == text:
+        return ids[len(anchor):]
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 def check_structured_output_backend(backend_cls: type[StructuredOutputBackend],
                                     vocab: VocabInfo, spec: GrammarSpec, valid_text: str,
                                     bad_spec: Optional[GrammarSpec] = None) -> None:
@@ -51,7 +63,7 @@ def check_structured_output_backend(backend_cls: type[StructuredOutputBackend],
             raise AssertionError(f"compiling {bad_spec.describe()} did not raise GrammarError")
 
     vs, width = vocab.vocab_size, bitmask_width(vocab.vocab_size)
-    tokens = vocab.tokenizer.encode(valid_text, add_special_tokens=False)
+    tokens = _tokenize(vocab.tokenizer, valid_text)
     assert tokens, "valid_text must tokenize to at least one token"
     eos = set(vocab.eos_token_ids)
 

@@ -26,9 +26,14 @@ def gbnf_to_lark(source: str) -> str:
 class GuidanceMatcher(GrammarMatcher):
     """llguidance stops as soon as the grammar cannot go on, before any EOS; this matcher
     terminates only once the EOS that then alone is allowed was accepted, as xgrammar's do,
-    so every backend ends a request on its end token."""
+    so every backend ends a request on its end token.
 
-    __slots__ = ("matcher", "_fill", "_eos", "_ended_at", "_num_accepted")
+    A stopped llguidance matcher takes that EOS without counting it, so rolling it back must
+    not reach llguidance (its ``rollback(1)`` would undo the token before). A refused token
+    goes through ``try_consume_tokens``, which leaves the state as it was; ``consume_token``
+    would put the matcher in a permanent error state."""
+
+    __slots__ = ("matcher", "_fill", "_eos", "_ended_at", "_num_accepted", "_end_uncounted")
 
     def __init__(self, matcher: Any, fill, eos_token_ids: frozenset[int]) -> None:
         self.matcher = matcher
@@ -37,20 +42,35 @@ class GuidanceMatcher(GrammarMatcher):
         #: Tokens accepted when the end token was; None while it was not.
         self._ended_at: int | None = None
         self._num_accepted = 0
+        #: The accepted end token is one llguidance did not count.
+        self._end_uncounted = False
 
     def accept_token(self, token_id: int) -> bool:
-        if not self.matcher.consume_token(token_id):
+        if self._ended_at is not None:
+            return False
+        if token_id in self._eos and self.matcher.is_stopped():
+            if self.matcher.is_error():
+                return False
+            self._end_uncounted = True
+        elif self.matcher.try_consume_tokens([token_id]) != 1:
             return False
         self._num_accepted += 1
-        if token_id in self._eos and self._ended_at is None:
+        if token_id in self._eos:
             self._ended_at = self._num_accepted
         return True
 
     def rollback(self, num_tokens: int) -> None:
-        self.matcher.rollback(num_tokens)
-        self._num_accepted -= num_tokens
-        if self._ended_at is not None and self._ended_at > self._num_accepted:
+        if num_tokens <= 0:
+            return
+        counted = num_tokens
+        if self._ended_at is not None:  # the end token is the last one accepted
             self._ended_at = None
+            if self._end_uncounted:
+                self._end_uncounted = False
+                counted -= 1
+        if counted:
+            self.matcher.rollback(counted)
+        self._num_accepted -= num_tokens
 
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         self._fill(self.matcher, bitmask, row)

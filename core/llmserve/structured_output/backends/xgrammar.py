@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -43,8 +44,7 @@ class XgrammarBackend(StructuredOutputBackend):
         import xgrammar as xgr
 
         self._xgr = xgr
-        info = xgr.TokenizerInfo.from_huggingface(vocab.tokenizer, vocab_size=vocab.vocab_size,
-                                                  stop_token_ids=list(vocab.eos_token_ids))
+        info = _tokenizer_info(xgr, vocab)
         # The core caches compiled grammars by key; xgrammar's own cache would hold them twice.
         self._compiler = xgr.GrammarCompiler(info, max_threads=_threads(),
                                              cache_enabled=False)
@@ -55,9 +55,12 @@ class XgrammarBackend(StructuredOutputBackend):
         try:
             if spec.kind in ("json", "json_object"):
                 schema = spec.source if spec.kind == "json" else JSON_OBJECT_SCHEMA
-                return compiler.compile_json_schema(
-                    schema, any_whitespace=spec.any_whitespace,
-                    max_whitespace_cnt=MAX_JSON_WHITESPACE if spec.any_whitespace else None)
+                _check_enforced(json.loads(schema))
+                layout = (dict(any_whitespace=True, max_whitespace_cnt=MAX_JSON_WHITESPACE)
+                          if spec.any_whitespace
+                          else dict(any_whitespace=False, separators=(",", ":")))
+                grammar = self._xgr.Grammar.from_json_schema(schema, **layout)
+                return compiler.compile_grammar(_escaped_bounded_strings(self._xgr, grammar))
             if spec.kind == "regex":
                 return compiler.compile_regex(spec.source)
             if spec.kind == "choice":
@@ -66,6 +69,8 @@ class XgrammarBackend(StructuredOutputBackend):
             if is_ebnf(spec.source):
                 return compiler.compile_grammar(spec.source)
             return compiler.compile_lark(spec.source)
+        except GrammarError:
+            raise
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses
             raise GrammarError(f"xgrammar cannot compile the {spec.kind} constraint: "
                                f"{_first_line(exc)}") from None
@@ -80,6 +85,84 @@ class XgrammarBackend(StructuredOutputBackend):
             return
         self._batch.batch_fill_next_token_bitmask([m.matcher for m in matchers], bitmask,
                                                   list(rows))
+
+
+#: JSON-schema keywords xgrammar 0.2 compiles but does not enforce (it lets through
+#: documents that break them); ``oneOf`` is read as ``anyOf``. String ``minLength`` and
+#: ``maxLength`` switch it to a string rule that admits raw control characters and refuses
+#: escapes. A schema using one is refused, so ``auto`` falls back to guidance.
+UNENFORCED_KEYWORDS = frozenset({
+    "uniqueItems", "contains", "minContains", "maxContains", "not", "if", "then", "else",
+    "dependentRequired", "dependentSchemas", "dependencies", "oneOf",
+    "unevaluatedProperties", "unevaluatedItems",
+})
+
+#: Keywords whose value is a subschema, a list of them, or a name -> subschema map.
+_SUBSCHEMA = frozenset({"additionalProperties", "items", "additionalItems", "not", "if",
+                        "then", "else", "contains", "propertyNames", "unevaluatedItems",
+                        "unevaluatedProperties"})
+_SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                             "dependentSchemas"})
+
+
+def _check_enforced(schema: Any) -> None:
+    """Raise ``GrammarError`` naming the first keyword of ``schema`` (at any depth) in
+    ``UNENFORCED_KEYWORDS``. Only schema positions are walked: a property called ``not``
+    is a name, not a keyword."""
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key in UNENFORCED_KEYWORDS:
+            raise GrammarError(f"xgrammar does not enforce the JSON-schema keyword {key!r}; "
+                               f"use the guidance backend (or auto) for this schema")
+        if key in _SUBSCHEMA:
+            for sub in value if isinstance(value, list) else [value]:
+                _check_enforced(sub)
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            for sub in value:
+                _check_enforced(sub)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            for sub in value.values():
+                _check_enforced(sub)
+
+
+#: The character rule xgrammar writes for a string with ``minLength``/``maxLength``: it
+#: admits raw control characters (which JSON forbids in strings) and no escapes.
+_BOUNDED_STRING_CHARACTER = re.compile(r'^(\w+_characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\)\)$',
+                                       re.MULTILINE)
+
+
+def _escaped_bounded_strings(xgr, grammar):
+    """``grammar`` with each length-bounded string's character being a JSON string character:
+    anything but a control character, ``"`` or ``\\``, or an escape (counted as one
+    character, as JSON schema counts the decoded string)."""
+    text = str(grammar)
+    fixed = _BOUNDED_STRING_CHARACTER.sub(
+        lambda m: f'{m.group(1)} ::= (([^\\0-\\x1f\\"\\\\]) | ("\\\\" basic_escape))', text)
+    return grammar if fixed == text else xgr.Grammar.from_ebnf(fixed)
+
+
+def _tokenizer_info(xgr, vocab: VocabInfo):
+    """xgrammar's view of the vocabulary, with the tokenizer's special tokens (BOS, padding,
+    chat markers) as special. ``from_huggingface`` reads them as their literal text, so a
+    grammar that allows ``<`` ... ``>`` (any ``[^,]+``) would allow ``</s>`` mid-output, and
+    allow the end token where the grammar needs one more character."""
+    tokenizer = vocab.tokenizer
+    detected = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab.vocab_size,
+                                                  stop_token_ids=list(vocab.eos_token_ids))
+    encoded = [""] * vocab.vocab_size
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id < vocab.vocab_size:
+            encoded[token_id] = token
+    special = set(tokenizer.all_special_ids)
+    special.update(i for i, added in tokenizer.added_tokens_decoder.items() if added.special)
+    for token_id in special:
+        if token_id < vocab.vocab_size:
+            encoded[token_id] = ""  # xgrammar treats empty entries as special tokens
+    return xgr.TokenizerInfo(encoded, detected.vocab_type, vocab_size=vocab.vocab_size,
+                             stop_token_ids=list(vocab.eos_token_ids),
+                             add_prefix_space=detected.add_prefix_space)
 
 
 def _threads() -> int:
