@@ -257,6 +257,21 @@ def test_stop_strings_end_a_constrained_completion(engine, model_name, backend_n
 
 @models
 @backends
+def test_the_grammar_end_overrides_min_tokens(engine, model_name, backend_name):
+    """A grammar that can only end before ``min_tokens`` finishes with ``stop`` (with
+    every token masked, sampling would otherwise pick a token the grammar refuses)."""
+    llm = engine(model_name, backend_name)
+    choice = StructuredOutputsParams(choice=["yes", "no"])
+    params = [SamplingParams(structured_outputs=choice, min_tokens=8, max_tokens=20,
+                             temperature=t, seed=3) for t in (0.0, 1.0)]
+    for out in llm.generate([PROMPT] * len(params), params, use_tqdm=False):
+        c = out.outputs[0]
+        assert c.finish_reason == "stop" and c.text in ("yes", "no"), c
+        assert c.token_ids[-1] in llm.llm_engine.frontend.eos_token_ids, c.token_ids
+
+
+@models
+@backends
 def test_unconstrained_requests_are_unaffected(engine, model_name, backend_name):
     llm = engine(model_name, backend_name)
     greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)

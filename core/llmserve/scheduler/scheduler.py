@@ -341,7 +341,8 @@ class Scheduler:
         """Append tokens one by one until a stop condition; returns how many were kept.
 
         A constrained request's grammar accepts each token; the grammar completing (its end
-        token accepted) stops the request.
+        token accepted) stops the request. ``new_ids`` is rewritten in place where the
+        grammar's end replaces a token sampled with every token masked.
         """
         tokens = request.all_token_ids
         stop_ids = request.stop_token_ids
@@ -355,6 +356,16 @@ class Scheduler:
             if grammar is not None:
                 matcher = grammar.matcher
                 if not matcher.accept_token(tok):
+                    if len(tokens) - 1 - num_prompt < min_tokens:
+                        end = next((e for e in request.eos_token_ids
+                                    if matcher.accept_token(e)), None)
+                        if end is not None:
+                            # min_tokens forbade the end token that alone completes the
+                            # grammar, so no token was allowed: the grammar's end wins.
+                            tokens[-1] = new_ids[k - 1] = end
+                            request.status = _STOPPED
+                            request.stop_reason = None
+                            return k
                     # The mask allowed only what the grammar accepts: this is a bug, and the
                     # output so far cannot be trusted.
                     logger.error("request %s: grammar rejected sampled token %d; aborting it",
