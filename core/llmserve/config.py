@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import json
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DType = Literal["auto", "float32", "bfloat16", "float16", "half", "float", "fp32", "bf16", "fp16"]
 
@@ -51,6 +52,8 @@ class SchedulerConfig(_Frozen):
     enable_chunked_prefill: bool = True
     #: Name of a scheduling policy registered through the ``llmserve_scheduling_policies`` hook.
     policy: str = "fcfs"
+    #: The policy's options, validated by its ``Options`` model when it is built.
+    policy_config: dict[str, Any] = Field(default_factory=dict)
     #: Bound on waiting requests; None means unbounded (the server sets one).
     max_waiting_requests: Optional[int] = Field(None, ge=1)
     #: Schedule step N+1 while step N runs on the device (its sampled tokens feed N+1 on the
@@ -108,6 +111,8 @@ class EngineArgs(BaseModel):
     max_num_batched_tokens: Optional[int] = Field(None, ge=1)
     enable_chunked_prefill: bool = True
     scheduling_policy: str = "fcfs"
+    #: Options of the scheduling policy: a dict, or its JSON text (``--scheduling-policy-config``).
+    scheduling_policy_config: Optional[dict[str, Any]] = None
     max_waiting_requests: Optional[int] = Field(None, ge=1)
     #: None: the platform's default (on for CUDA, off on the CPU).
     async_scheduling: Optional[bool] = None
@@ -119,6 +124,18 @@ class EngineArgs(BaseModel):
     skip_tokenizer_init: bool = False
     #: Grammar backend for structured outputs: "auto", "xgrammar", "guidance" or a plugin's.
     structured_outputs_backend: str = "auto"
+
+    @field_validator("scheduling_policy_config", mode="before")
+    @classmethod
+    def _policy_config_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object of policy options")
+        return value
 
     @property
     def canonical_dtype(self) -> str:

@@ -27,7 +27,7 @@ wrong type from a third-party plugin is logged and skipped (its other entries st
 from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
 the plugin API (``llmserve.plugin_api``).
 
-**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.1"``) versions this catalogue and the
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.2"``) versions this catalogue and the
 modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
 entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
 a warning, and without a declaration it loads with a warning.
@@ -209,15 +209,19 @@ def llmserve_scheduling_policies() -> dict[str, type[SchedulingPolicy]]:
 
     **Returns:** ``{name: policy class}``, subclasses of
     ``llmserve.scheduler.policy.SchedulingPolicy``. The scheduler constructs the chosen one with
-    the ``SchedulerConfig``; it owns the waiting queue, and its decisions (``peek``/``pop``: whom
-    to admit next; ``choose_victim``: whom to preempt) receive a frozen ``SchedulingContext``
-    (KV cache usage, free blocks, token budget, queue lengths, ``now``) built once per step. It
-    does not touch KV blocks or the token budget, which stay with the scheduler. ``None`` or an
-    empty dict contributes nothing.
+    the ``SchedulerConfig`` (whose ``policy_config``, from ``--scheduling-policy-config``, the
+    policy's ``Options`` model validates); it owns the waiting queue, and its decisions
+    (``peek``/``pop``: whom to admit next; ``choose_victim``: whom to preempt) receive a frozen
+    ``SchedulingContext`` (KV cache usage, free blocks, token budget, queue lengths, ``now``,
+    ``cached_prefix_tokens``) built once per step. ``on_step`` receives a ``StepFeedback``
+    (tokens scheduled per request, preemptions, finishes) once per step, and ``metrics`` reports
+    samples for ``/metrics``. It does not touch KV blocks, the token budget or request state,
+    which stay with the scheduler. ``None`` or an empty dict contributes nothing.
 
-    The core contributes ``"fcfs"`` and ``"priority"``.
+    The core contributes ``"fcfs"`` and ``"priority"``; ``llmserve-schedulers`` adds
+    ``"fair"``, ``"sjf"``, ``"deadline"`` and ``"cache-aware"``.
 
-    Added in 0.1.0 (plugin API 1.0).
+    Added in 0.1.0 (plugin API 1.0); options, feedback and metrics in plugin API 1.2.
     """
 
 

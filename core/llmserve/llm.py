@@ -9,6 +9,7 @@ from llmserve.config import EngineArgs
 from llmserve.engine.llm_engine import LLMEngine
 from llmserve.logger import configure_default_logging
 from llmserve.outputs import RequestOutput
+from llmserve.request import NO_HINTS, SchedulingHints
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import apply_chat_template
 
@@ -40,15 +41,27 @@ class LLM:
         sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
         use_tqdm: bool = True,
         priority: Optional[list[int]] = None,
+        scheduling_hints: Union[SchedulingHints, Sequence[SchedulingHints], None] = None,
     ) -> list[RequestOutput]:
         """Complete each prompt: text, a token-id list, or ``{"prompt": ...}`` /
-        ``{"prompt_token_ids": [...]}``. Outputs come back in the order of ``prompts``."""
+        ``{"prompt_token_ids": [...]}``. Outputs come back in the order of ``prompts``.
+
+        ``priority`` (one per prompt) orders requests under the ``priority`` policy;
+        ``scheduling_hints`` (one for all or one per prompt: tenant, latency targets) feed
+        policies that read them, such as ``fair`` and ``deadline``."""
         items = _as_prompt_list(prompts)
         params = self._params_list(sampling_params, len(items))
         if priority is not None and len(priority) != len(items):
             raise ValueError(f"priority must have one entry per prompt ({len(items)}), "
                              f"got {len(priority)}")
-        return self._run(items, params, use_tqdm, priority)
+        if scheduling_hints is None or isinstance(scheduling_hints, SchedulingHints):
+            hints = [scheduling_hints or NO_HINTS] * len(items)
+        else:
+            hints = list(scheduling_hints)
+            if len(hints) != len(items):
+                raise ValueError(f"scheduling_hints must be one SchedulingHints or one per "
+                                 f"prompt ({len(items)}), got {len(hints)}")
+        return self._run(items, params, use_tqdm, priority, hints)
 
     def chat(
         self,
@@ -83,7 +96,7 @@ class LLM:
                              f"({n}), got {len(params)}")
         return params
 
-    def _run(self, items, params, use_tqdm, priority) -> list[RequestOutput]:
+    def _run(self, items, params, use_tqdm, priority, hints) -> list[RequestOutput]:
         engine = self.llm_engine
         order: dict[str, int] = {}
         grammars = {}
@@ -92,7 +105,8 @@ class LLM:
                 rid = str(next(self._counter))
                 order[rid] = i
                 futures = engine.submit_request(rid, item, p,
-                                                priority=priority[i] if priority else 0)
+                                                priority=priority[i] if priority else 0,
+                                                hints=hints[i])
                 if futures:
                     grammars[rid] = futures
             # Grammars compile in parallel while the rest are added; a bad one fails the call.

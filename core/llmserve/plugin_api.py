@@ -46,13 +46,19 @@ from llmserve.models.interface import CausalLM
 from llmserve.platforms.base import Platform
 from llmserve.platforms.gpu import GpuPlatform
 from llmserve.plugin_markers import PLUGIN_API_ATTRIBUTE, PLUGIN_API_VERSION, hookimpl
-from llmserve.request import Request
+from llmserve.request import Request, SchedulingHints
 from llmserve.runner.base import ModelRunnerBase, RunnerConfig, StepHandle
 from llmserve.runner.graph_runner import GraphModelRunner
 from llmserve.runner.model_runner import ModelRunner, StepBatch
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sample.metadata import SamplingMetadata
-from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
+from llmserve.scheduler.policy import (
+    PolicyMetric,
+    PolicyOptions,
+    SchedulingContext,
+    SchedulingPolicy,
+    StepFeedback,
+)
 from llmserve.tool_parsers.base import (
     DeltaBuilder,
     DeltaMessage,
@@ -97,8 +103,8 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.layers.rotary",         # RotaryEmbedding, get_rope
     "llmserve.layers.activation",     # SiluAndMul
     # Scheduling
-    "llmserve.scheduler.policy",      # SchedulingPolicy, SchedulingContext
-    "llmserve.request",               # Request (what policies order; read, never write)
+    "llmserve.scheduler.policy",      # SchedulingPolicy, its context, feedback, options, metrics
+    "llmserve.request",               # Request, SchedulingHints (read, never write)
     # Sampling
     "llmserve.sample.logits_processor",  # LogitsProcessor
     "llmserve.sample.metadata",       # SamplingMetadata
@@ -134,7 +140,8 @@ __all__ = [
     "QKVParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLMHead",
     "RMSNorm", "RotaryEmbedding", "get_rope", "SiluAndMul",
     # scheduling
-    "SchedulingPolicy", "SchedulingContext", "Request",
+    "SchedulingPolicy", "SchedulingContext", "StepFeedback", "PolicyOptions", "PolicyMetric",
+    "Request", "SchedulingHints",
     # sampling
     "LogitsProcessor", "SamplingMetadata",
     # front ends

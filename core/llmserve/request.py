@@ -38,6 +38,31 @@ _FINISH_REASONS = {
 }
 
 
+@dataclass(frozen=True)
+class SchedulingHints:
+    """What a request tells the scheduling policy beyond ``priority``; policies read what they
+    use and ignore the rest (the core's own policies read none of it).
+
+    Targets are seconds from arrival; None means the policy's default applies.
+    """
+
+    #: Who the request is accounted to (the OpenAI ``user`` field or the ``X-Tenant`` header).
+    tenant: Optional[str] = None
+    #: Time-to-first-token target.
+    ttft_target_s: Optional[float] = None
+    #: Arrival-to-finish target.
+    latency_target_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_target_s", "latency_target_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+
+
+NO_HINTS = SchedulingHints()
+
+
 @dataclass
 class EngineCoreRequest:
     """What a front end submits to the engine core: already tokenized, already validated."""
@@ -50,6 +75,7 @@ class EngineCoreRequest:
     priority: int = 0
     #: Extra prefix-cache key material (e.g. a cache salt or adapter name); None for plain requests.
     cache_salt: Optional[str] = None
+    hints: SchedulingHints = NO_HINTS
 
 
 class Request:
@@ -64,7 +90,7 @@ class Request:
         "priority", "cache_salt", "status", "all_token_ids", "num_prompt_tokens",
         "num_computed_tokens", "num_cached_tokens", "block_hashes", "stop_token_ids",
         "max_tokens", "stop_reason", "num_preemptions", "first_scheduled_time", "extra",
-        "num_output_placeholders", "grammar", "grammar_future",
+        "num_output_placeholders", "grammar", "grammar_future", "hints", "first_token_time",
     )
 
     def __init__(self, req: EngineCoreRequest, max_model_len: int) -> None:
@@ -75,6 +101,7 @@ class Request:
         self.arrival_time = req.arrival_time
         self.priority = req.priority
         self.cache_salt = req.cache_salt
+        self.hints = req.hints
         self.status = RequestStatus.WAITING
         self.all_token_ids: list[int] = list(req.prompt_token_ids)
         self.num_prompt_tokens = len(req.prompt_token_ids)
@@ -92,6 +119,8 @@ class Request:
         self.stop_reason: Any = None
         self.num_preemptions = 0
         self.first_scheduled_time: Optional[float] = None
+        #: When the scheduler appended the first output token (the scheduler's clock).
+        self.first_token_time: Optional[float] = None
         self.extra: dict[str, Any] = {}
         #: The request's place in its structured-output grammar (None when unconstrained);
         #: ``grammar_future`` is the compilation it waits for until then.

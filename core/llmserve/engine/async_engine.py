@@ -46,7 +46,7 @@ from llmserve.engine.core_process import EngineInfo
 from llmserve.engine.input_processor import InputProcessor, fan_out_params
 from llmserve.engine.output_processor import OutputProcessor, RequestOutputKind
 from llmserve.outputs import RequestOutput
-from llmserve.request import EngineCoreRequest, RequestStatus
+from llmserve.request import NO_HINTS, EngineCoreRequest, RequestStatus, SchedulingHints
 from llmserve.sampling_params import SamplingParams
 
 __all__ = ["AsyncEngine", "EngineDeadError", "IterationStats", "QueueFullError",
@@ -320,6 +320,7 @@ class AsyncEngine:
     async def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
                           *, priority: int = 0, arrival_time: Optional[float] = None,
                           output_kind: RequestOutputKind = RequestOutputKind.DELTA,
+                          hints: SchedulingHints = NO_HINTS,
                           ) -> RequestStream:
         """Validate and submit a request; returns its stream once the core accepted it.
 
@@ -339,7 +340,8 @@ class AsyncEngine:
         for cid in core_ids:
             self._core_to_parent[cid] = request_id
         eos = self.frontend.eos_token_ids
-        requests = [EngineCoreRequest(cid, token_ids, child, eos, arrival, priority)
+        requests = [EngineCoreRequest(cid, token_ids, child, eos, arrival, priority,
+                                      hints=hints)
                     for cid, child in zip(core_ids, children)]
         ack = self._loop.create_future()
         self._pending_acks[core_ids[0]] = ack
@@ -358,12 +360,14 @@ class AsyncEngine:
                        request_id: Optional[str] = None, *, priority: int = 0,
                        arrival_time: Optional[float] = None,
                        output_kind: RequestOutputKind = RequestOutputKind.DELTA,
+                       hints: SchedulingHints = NO_HINTS,
                        ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs: deltas per step (``DELTA``, the default) or one final
         output (``FINAL_ONLY``). Leaving early aborts the request."""
         rid = request_id if request_id is not None else uuid.uuid4().hex
         stream = await self.add_request(rid, prompt, params, priority=priority,
-                                        arrival_time=arrival_time, output_kind=output_kind)
+                                        arrival_time=arrival_time, output_kind=output_kind,
+                                        hints=hints)
         try:
             async for out in stream:
                 yield out

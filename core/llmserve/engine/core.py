@@ -65,8 +65,8 @@ class EngineCore:
 
         policies = collect_registry(pm, "llmserve_scheduling_policies")
         if cfg.scheduler.policy not in policies:
-            raise ValueError(f"scheduling_policy must be one of {sorted(policies)}, got "
-                             f"{cfg.scheduler.policy!r}")
+            raise ValueError(f"scheduling_policy must be one of the installed policies "
+                             f"{sorted(policies)}, got {cfg.scheduler.policy!r}")
         self.kv_manager = KVCacheManager.from_config(kv_config, block_size,
                                                      cfg.cache.enable_prefix_caching)
         self.structured_outputs = self._structured_output_manager(pm)

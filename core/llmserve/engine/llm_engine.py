@@ -11,7 +11,7 @@ from llmserve.config import EngineArgs
 from llmserve.engine.core import EngineCore
 from llmserve.engine.input_processor import InputProcessor, fan_out_params, read_model_facts
 from llmserve.engine.output_processor import OutputProcessor
-from llmserve.request import EngineCoreRequest, RequestStatus
+from llmserve.request import NO_HINTS, EngineCoreRequest, RequestStatus, SchedulingHints
 from llmserve.engine.resolver import resolve_engine
 from llmserve.outputs import RequestOutput
 from llmserve.plugins import get_plugin_manager
@@ -38,15 +38,18 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: Union[str, list[int]],
                     params: SamplingParams, priority: int = 0,
-                    arrival_time: Optional[float] = None) -> None:
+                    arrival_time: Optional[float] = None,
+                    hints: SchedulingHints = NO_HINTS) -> None:
         """Queue a request. Raises ``ValueError`` for a bad prompt or parameters, including a
         structured-output constraint that cannot be compiled (this waits for the compile)."""
-        futures = self.submit_request(request_id, prompt, params, priority, arrival_time)
+        futures = self.submit_request(request_id, prompt, params, priority, arrival_time,
+                                      hints)
         self.wait_for_grammars({request_id: futures})
 
     def submit_request(self, request_id: str, prompt: Union[str, list[int]],
                        params: SamplingParams, priority: int = 0,
-                       arrival_time: Optional[float] = None) -> list[Future]:
+                       arrival_time: Optional[float] = None,
+                       hints: SchedulingHints = NO_HINTS) -> list[Future]:
         """``add_request`` without waiting: returns the grammar futures of its completions
         (empty when unconstrained), for ``wait_for_grammars``."""
         text, token_ids = self.frontend.tokenize_prompt(prompt)
@@ -58,7 +61,8 @@ class LLMEngine:
         try:
             for cid, child in zip(core_ids, children):
                 future = self.core.add_request(EngineCoreRequest(
-                    cid, token_ids, child, self.frontend.eos_token_ids, arrival, priority))
+                    cid, token_ids, child, self.frontend.eos_token_ids, arrival, priority,
+                    hints=hints))
                 if future is not None:
                     futures.append(future)
         except Exception:

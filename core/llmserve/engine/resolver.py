@@ -14,6 +14,7 @@ from llmserve.config import (CacheConfig, EngineArgs, EngineConfig, ModelConfig,
 from llmserve.models.loader import checkpoint_dtype, read_hf_config, resolve_architecture
 from llmserve.platforms.base import Platform
 from llmserve.plugins import collect_list, collect_registry, plugin_infos
+from llmserve.scheduler.policy import parse_policy_options
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
     if args.structured_outputs_backend != "auto" and args.structured_outputs_backend not in backends:
         raise ValueError(f"structured_outputs_backend must be 'auto' or one of "
                          f"{sorted(backends)}, got {args.structured_outputs_backend!r}")
+    policies = collect_registry(pm, "llmserve_scheduling_policies")
+    policy_cls = policies.get(args.scheduling_policy)
+    if policy_cls is None:
+        raise ValueError(f"scheduling_policy must be one of the installed policies "
+                         f"{sorted(policies)}, got {args.scheduling_policy!r}")
+    parse_policy_options(policy_cls, args.scheduling_policy_config)
 
     dtype_name = args.canonical_dtype
     if dtype_name == "auto":
@@ -136,6 +143,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   max_model_len=max_model_len,
                                   enable_chunked_prefill=args.enable_chunked_prefill,
                                   policy=args.scheduling_policy,
+                                  policy_config=args.scheduling_policy_config or {},
                                   max_waiting_requests=args.max_waiting_requests,
                                   async_scheduling=(
                                       platform.default_async_scheduling

@@ -3,7 +3,9 @@
 Each server owns a ``CollectorRegistry`` (never the process-global one), so one process, a
 test session for instance, can run several servers. ``ServerMetrics`` is the engine's
 ``StatLogger``: ``AsyncEngine`` calls ``record`` on the event loop after each message from the
-core, with that step's latencies and the core's cumulative counters.
+core, with that step's latencies and the core's cumulative counters. The scheduling policy's
+own samples (``SchedulingPolicy.metrics``: per-tenant counters, targets met) are exported
+under the names the policy gives them, created the first time they are reported.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from llmserve.engine.async_engine import IterationStats
+from llmserve.scheduler.policy import PolicyMetric
 
 #: Latency buckets in seconds; the low end matters on CPU and for tiny models.
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -79,6 +82,8 @@ class ServerMetrics:
                                         ["model_name", "finished_reason"], registry=r)
         self._model_name = model_name
         self._last_counters: dict[str, int] = {}
+        self._policy_metrics: dict[str, Counter | Gauge] = {}
+        self._last_policy_counts: dict[tuple, float] = {}
 
     def record(self, iteration: Optional[IterationStats], engine_stats: dict) -> None:
         self.num_requests_running.set(engine_stats.get("num_running", 0))
@@ -92,6 +97,8 @@ class ServerMetrics:
             self._last_counters[key] = value
             if delta > 0:
                 getattr(self, attr).inc(delta)
+        for sample in engine_stats.get("policy_metrics", ()):
+            self._record_policy_metric(sample)
         if iteration is None:
             return
         for v in iteration.time_to_first_tokens:
@@ -108,6 +115,24 @@ class ServerMetrics:
             self.prompt_tokens.inc(iteration.num_prompt_tokens)
         if iteration.num_generation_tokens:
             self.generation_tokens.inc(iteration.num_generation_tokens)
+
+    def _record_policy_metric(self, sample: PolicyMetric) -> None:
+        metric = self._policy_metrics.get(sample.name)
+        label_names = [k for k, _ in sample.labels]
+        if metric is None:
+            kind = Counter if sample.kind == "counter" else Gauge
+            metric = kind(f"llmserve:{sample.name}", sample.documentation,
+                          ["model_name", *label_names], registry=self.registry)
+            self._policy_metrics[sample.name] = metric
+        child = metric.labels(self._model_name, *(v for _, v in sample.labels))
+        if sample.kind == "gauge":
+            child.set(sample.value)
+            return
+        key = (sample.name, sample.labels)
+        delta = sample.value - self._last_policy_counts.get(key, 0.0)
+        self._last_policy_counts[key] = sample.value
+        if delta > 0:
+            child.inc(delta)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -68,7 +68,9 @@ class _SamplingRequest(OpenAIBaseModel):
     stop: Optional[Union[StopString, list[StopString]]] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = Field(None, description="accepted and ignored")
+    user: Optional[str] = Field(
+        None, description="the tenant scheduling policies account the request to, unless an "
+                          "X-Tenant header names one")
     # vLLM's extras.
     top_k: Optional[int] = Field(None, ge=-1, description="0 or -1 disables top-k")
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
@@ -80,6 +82,12 @@ class _SamplingRequest(OpenAIBaseModel):
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = Field(0, description="lower runs first under --scheduling-policy priority")
+    ttft_target_s: Optional[float] = Field(
+        None, gt=0, description="llmserve extra: time-to-first-token target in seconds "
+                                "(read by the deadline policy)")
+    latency_target_s: Optional[float] = Field(
+        None, gt=0, description="llmserve extra: arrival-to-finish target in seconds "
+                                "(read by the deadline policy)")
     prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     allowed_token_ids: Optional[list[TokenId]] = Field(None, min_length=1)
     # Structured outputs: at most one of these may constrain a request.

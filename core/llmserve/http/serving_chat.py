@@ -22,6 +22,7 @@ from llmserve.http.serving_common import (
     chat_logprobs,
     merge_streams,
     prompt_logprobs_json,
+    scheduling_hints,
     sse,
     start_streams,
     unless_disconnected,
@@ -105,7 +106,7 @@ async def create_chat_completion(ctx: ServingContext, req: ChatCompletionRequest
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
     streams = await start_streams(ctx.engine, [ids], params, request_id, req.priority,
-                                  arrival, kind, constraint)
+                                  arrival, kind, constraint, scheduling_hints(req, raw.headers))
     if req.stream:
         return StreamingResponse(_stream(ctx, req, model, request_id, ids, streams, top_n,
                                          plan),

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, AsyncIterator, Awaitable, Optional, TypeVar
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from llmserve.engine.input_processor import validate_prompt
 from llmserve.http.errors import APIError, ClientDisconnected, describe_validation_errors
 from llmserve.http.output_constraints import OutputConstraint
 from llmserve.outputs import Logprob
+from llmserve.request import NO_HINTS, SchedulingHints
 from llmserve.sampling_params import SamplingParams, check_token_ids
 from llmserve.tool_parsers.base import ToolParser
 
@@ -281,9 +283,22 @@ async def merge_streams(streams: list[RequestStream], engine: AsyncEngine
                 engine.abort(s.request_id)
 
 
+#: Header that names the request's tenant; it wins over the body's ``user``.
+TENANT_HEADER = "x-tenant"
+
+
+def scheduling_hints(req: Any, headers: Mapping[str, str]) -> SchedulingHints:
+    """What the scheduling policy learns of a request: its tenant (``X-Tenant``, else the
+    OpenAI ``user`` field) and its latency targets."""
+    tenant = headers.get(TENANT_HEADER) or req.user
+    return SchedulingHints(tenant=tenant, ttft_target_s=req.ttft_target_s,
+                           latency_target_s=req.latency_target_s)
+
+
 async def start_streams(engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams,
                         request_id: str, priority: int, arrival: float, output_kind,
-                        constraint: Optional[OutputConstraint] = None) -> list[RequestStream]:
+                        constraint: Optional[OutputConstraint] = None,
+                        hints: SchedulingHints = NO_HINTS) -> list[RequestStream]:
     """Submit one engine request per prompt; all or none (a later rejection aborts the
     earlier ones).
 
@@ -297,7 +312,7 @@ async def start_streams(engine: AsyncEngine, prompts: list[list[int]], params: S
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             streams.append(await engine.add_request(rid, ids, params, priority=priority,
                                                     arrival_time=arrival,
-                                                    output_kind=output_kind))
+                                                    output_kind=output_kind, hints=hints))
     except BaseException as exc:
         for s in streams:
             engine.abort(s.request_id)

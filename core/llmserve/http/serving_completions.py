@@ -20,6 +20,7 @@ from llmserve.http.serving_common import (
     ServingContext,
     merge_streams,
     prompt_logprobs_json,
+    scheduling_hints,
     sse,
     start_streams,
     unless_disconnected,
@@ -75,7 +76,8 @@ async def create_completion(ctx: ServingContext, req: CompletionRequest, raw: Re
     request_id = f"cmpl-{uuid.uuid4().hex}"
     kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
     streams = await start_streams(ctx.engine, [ids for _, ids in prompts], params, request_id,
-                                  req.priority, arrival, kind, constraint)
+                                  req.priority, arrival, kind, constraint,
+                                  scheduling_hints(req, raw.headers))
     if req.stream:
         return StreamingResponse(_stream(ctx, req, model, request_id, prompts, streams),
                                  media_type="text/event-stream")

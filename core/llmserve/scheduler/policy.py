@@ -5,10 +5,25 @@ queue's data structure can follow the policy (a deque for FCFS, a heap for prior
 policies subclass ``SchedulingPolicy`` and register through the scheduling-policy hook under
 their ``name``; the scheduler's loop never branches on which policy it runs.
 
-A policy is constructed with the ``SchedulerConfig`` and its decisions (the next request to
-admit, the request to preempt) receive a ``SchedulingContext``: the state of the step they are
-made in, so a policy can weigh KV pressure or queue lengths without reaching into the
-scheduler or the KV cache manager.
+A policy is constructed with the ``SchedulerConfig``, whose ``policy_config`` holds the options
+the user gave (``--scheduling-policy-config``), parsed into ``self.options`` through the
+policy's ``Options`` model. Its decisions (the next request to admit, the request to preempt)
+receive a ``SchedulingContext``: the state of the step they are made in, so a policy can weigh
+KV pressure, queue lengths or cached prefixes without reaching into the scheduler or the KV
+cache manager. After each step it may receive a ``StepFeedback`` (``on_step``) and it may
+report metrics (``metrics``).
+
+Invariants (the conformance kit, ``llmserve.plugin_testing.check_scheduling_policy``, checks
+them): the scheduler owns KV blocks, the token and sequence budgets, request status and every
+field of a ``Request``; a policy only orders its own queue, names victims among the running
+requests it is shown, and keeps its own bookkeeping. It never mutates a request, never keeps a
+request that left its queue except as bookkeeping keyed by id, and never raises for a request
+it was given.
+
+The interface is versioned with the plugin API (``PLUGIN_API_VERSION``): ``add`` .. ``choose_victim``
+since 1.0; ``Options``, ``on_step``, ``metrics``, ``SchedulingContext.cached_prefix_tokens``
+and ``now`` on the scheduler's clock since 1.2. Everything added later has a default, so a
+1.0 policy keeps working.
 """
 
 from __future__ import annotations
@@ -17,8 +32,11 @@ import heapq
 import itertools
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmserve.config import SchedulerConfig
 from llmserve.request import Request
@@ -40,8 +58,87 @@ class SchedulingContext:
     num_budget_tokens: int
     num_running: int
     num_waiting: int
-    #: ``time.monotonic()`` when the step started; request arrival times use the same clock.
+    #: The scheduler's clock when the step started (``time.monotonic()`` unless the scheduler
+    #: was given another clock); request arrival and first-token times use the same clock.
     now: float
+    _cached_prefix: Callable[[Request], int] = field(default=lambda request: 0, repr=False)
+
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """Tokens of ``request`` the prefix cache holds now: what admitting it would skip.
+
+        A read-only lookup (no statistics, no LRU touch) costing one hash lookup per cached
+        block plus one; 0 without prefix caching.
+        """
+        return self._cached_prefix(request)
+
+
+@dataclass(frozen=True)
+class StepFeedback:
+    """What one ``schedule()`` call did, given to ``SchedulingPolicy.on_step`` once per step.
+
+    Built from the scheduler's own step structures (nothing is copied per request), so reading
+    it costs what the policy chooses to read.
+    """
+
+    #: Request id -> tokens scheduled for it this step (prefill chunk, decode, recompute).
+    num_scheduled_tokens: Mapping[str, int]
+    #: Ids preempted during this step (they are back in the policy's queue).
+    preempted: Collection[str]
+    #: Requests that finished since the previous feedback, with their final status (stopped,
+    #: length-capped or aborted, aborts of waiting requests included); the policy may read
+    #: them but must not keep them.
+    finished: Sequence[Request]
+    #: The step's ``SchedulingContext.now``.
+    now: float
+
+
+@dataclass(frozen=True)
+class PolicyMetric:
+    """One sample a policy reports; the server exports it as ``llmserve:<name>``.
+
+    Counters are cumulative (the server exports increments); gauges are the current value.
+    Every sample of one name has the same label names.
+    """
+
+    name: str
+    documentation: str
+    kind: Literal["counter", "gauge"]
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class PolicyOptions(BaseModel):
+    """Base of a policy's ``Options``: unknown options are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_policy_options(policy_cls: type["SchedulingPolicy"], raw: Mapping[str, Any] | None
+                         ) -> PolicyOptions | None:
+    """``raw`` (``--scheduling-policy-config``) validated by ``policy_cls.Options``.
+
+    Raises ``ValueError`` naming the bad option and what the policy accepts.
+    """
+    raw = dict(raw or {})
+    options_cls = policy_cls.Options
+    if options_cls is None:
+        if raw:
+            raise ValueError(f"scheduling_policy_config: policy {policy_cls.name!r} takes no "
+                             f"options, got {sorted(raw)}")
+        return None
+    allowed = sorted(options_cls.model_fields)
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ValueError(f"scheduling_policy_config: unknown option(s) {unknown} for policy "
+                         f"{policy_cls.name!r}; its options are {allowed}")
+    try:
+        return options_cls.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors())
+        raise ValueError(f"scheduling_policy_config for policy {policy_cls.name!r}: "
+                         f"{problems}") from None
 
 
 class SchedulingPolicy(ABC):
@@ -53,9 +150,13 @@ class SchedulingPolicy(ABC):
 
     #: Name the policy is registered and configured under (``SchedulerConfig.policy``).
     name: str = ""
+    #: The policy's options (a ``PolicyOptions`` subclass), or None for a policy without any.
+    Options: ClassVar[Optional[type[PolicyOptions]]] = None
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+        #: ``config.policy_config`` parsed by ``Options`` (None when the policy has none).
+        self.options = parse_policy_options(type(self), config.policy_config)
 
     @abstractmethod
     def add(self, request: Request) -> None:
@@ -92,6 +193,16 @@ class SchedulingPolicy(ABC):
         ``running`` is the scheduler's running list in scheduling order (non-empty; it
         includes the request that needs the blocks). Must return one of its elements.
         """
+
+    def on_step(self, feedback: StepFeedback) -> None:
+        """Learn what the step just scheduled did. Called at the end of every ``schedule()``
+        that scheduled, preempted or finished anything; a policy that does not override it
+        costs the step nothing (the scheduler does not build the feedback)."""
+
+    def metrics(self) -> list[PolicyMetric]:
+        """Samples for ``/metrics`` (per-tenant counters, targets met...). Called when the
+        engine reports its statistics, not every step."""
+        return []
 
 
 class FCFSPolicy(SchedulingPolicy):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import TYPE_CHECKING, Optional
 
@@ -26,7 +26,7 @@ from llmserve.scheduler.output import (
     NewRequestData,
     SchedulerOutput,
 )
-from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
+from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy, StepFeedback
 
 if TYPE_CHECKING:
     from llmserve.structured_output.manager import StructuredOutputManager
@@ -57,8 +57,12 @@ class Scheduler:
         kv_cache_manager: KVCacheManager,
         policy: SchedulingPolicy,
         structured_outputs: Optional["StructuredOutputManager"] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` stamps step times, first scheduling and first tokens; simulations pass
+        their own so that time-based policies run deterministically."""
         self.config = scheduler_config
+        self.clock = clock
         #: Compiles the grammars of constrained requests; None when the engine has no
         #: tokenizer (such requests are then refused).
         self.structured_outputs = structured_outputs
@@ -82,6 +86,10 @@ class Scheduler:
         # Outputs of requests the scheduler itself finished (too large for the cache); they go
         # out with the next update_from_output.
         self._pending_outputs: list[EngineCoreOutput] = []
+        # Feedback is built only for a policy that reads it.
+        self._policy_feedback = type(policy).on_step is not SchedulingPolicy.on_step
+        #: Finished since the last feedback (only while the policy takes feedback).
+        self._finished_for_policy: list[Request] = []
 
     # -- intake and queries -------------------------------------------------------------
 
@@ -133,6 +141,7 @@ class Scheduler:
             "prefix_cache_queries": stats.queries,
             "prefix_cache_hits": stats.hits,
             "num_preemptions": self.num_preemptions,
+            "policy_metrics": self.policy.metrics(),
         }
 
     def scheduling_context(self) -> SchedulingContext:
@@ -141,7 +150,11 @@ class Scheduler:
         return SchedulingContext(
             config=self.config, kv_cache_usage=kv.usage, num_free_blocks=kv.num_free_blocks,
             num_budget_tokens=self.max_num_batched_tokens, num_running=len(self.running),
-            num_waiting=len(self.policy), now=time.monotonic())
+            num_waiting=len(self.policy), now=self.clock(),
+            _cached_prefix=self._cached_prefix_tokens)
+
+    def _cached_prefix_tokens(self, request: Request) -> int:
+        return self.kv_cache_manager.get_computed_blocks(request)[1]
 
     # -- the step -----------------------------------------------------------------------
 
@@ -225,6 +238,9 @@ class Scheduler:
             num_computed_tokens=[v[1] for v in values],
         )
         finished, self.finished_req_ids = self.finished_req_ids, set()
+        if self._policy_feedback and (num_scheduled or preempted or self._finished_for_policy):
+            done, self._finished_for_policy = self._finished_for_policy, []
+            self.policy.on_step(StepFeedback(num_scheduled, preempted, done, ctx.now))
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached,
@@ -263,7 +279,7 @@ class Scheduler:
             running.append(request)
             request.status = _RUNNING
             if request.first_scheduled_time is None:
-                request.first_scheduled_time = time.monotonic()
+                request.first_scheduled_time = ctx.now
                 request.num_cached_tokens = num_hit
             rid = request.request_id
             new_reqs.append(NewRequestData(
@@ -301,6 +317,7 @@ class Scheduler:
         logprobs = runner_output.logprobs
         prompt_logprobs = runner_output.prompt_logprobs
         num_finished = 0
+        now = self.clock()
         for idx, (req_id, new_ids) in enumerate(
                 zip(runner_output.req_ids, runner_output.sampled_token_ids)):
             request = requests.get(req_id)
@@ -315,6 +332,8 @@ class Scheduler:
                         req_id, [], None, plp, None, None, request.num_cached_tokens))
                 continue
             lp = logprobs[idx] if logprobs else None
+            if request.first_token_time is None:
+                request.first_token_time = now
             if request.num_output_placeholders:
                 request.num_output_placeholders -= len(new_ids)
             num_kept = self._append_and_check_stop(request, new_ids)
@@ -470,6 +489,8 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         del self.requests[request.request_id]
         self.finished_req_ids.add(request.request_id)
+        if self._policy_feedback:
+            self._finished_for_policy.append(request)
 
     def _preempt(self, request: Request, preempted: set[str]) -> None:
         """Free a running request's blocks and put it back in the waiting queue to recompute."""
