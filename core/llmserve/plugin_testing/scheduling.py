@@ -10,7 +10,14 @@ shape of a runner's output), and raises ``AssertionError`` naming what broke:
   victims come back and every request still finishes with all its tokens;
 - abort: aborted waiting requests leave the queue and are never admitted;
 - starvation: under a steady stream of arrivals of equal priority, the first request is admitted
-  within ``max_wait_steps`` steps (a policy that may starve by design documents its bound).
+  within ``max_wait_steps`` steps (a policy that may starve by design documents its bound);
+- hints: requests of several tenants with latency targets (``SchedulingHints``), preempted and
+  aborted while running, all finish; ``on_step`` and ``metrics`` do not raise, every metric
+  name keeps one kind and one set of label names, and counters never decrease;
+- options: the policy builds with no options, and an unknown option is a ``ValueError``.
+
+The scheduler runs on a simulated clock (``SimClock``: ``STEP_S`` per step, arrivals on the
+same clock), so time-based policies see consistent ``now`` and arrival times.
 """
 
 from __future__ import annotations
@@ -19,22 +26,39 @@ from collections.abc import Callable
 
 from llmserve.config import SchedulerConfig
 from llmserve.kv_cache.manager import KVCacheManager
-from llmserve.request import EngineCoreRequest, Request, RequestStatus
+from llmserve.request import NO_HINTS, EngineCoreRequest, Request, RequestStatus, SchedulingHints
 from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.output import ModelRunnerOutput, SchedulerOutput
+from llmserve.scheduler.policy import PolicyMetric
 from llmserve.scheduler.scheduler import Scheduler
 
-__all__ = ["check_scheduling_policy", "run_to_completion"]
+__all__ = ["SimClock", "check_scheduling_policy", "run_to_completion"]
 
 BLOCK_SIZE = 4
 MAX_MODEL_LEN = 256
+#: Simulated seconds per step.
+STEP_S = 0.01
+
+
+class SimClock:
+    """A clock that moves only when told to; ``run_to_completion`` advances it each step."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _request(rid: str, prompt_len: int, max_tokens: int, arrival: float,
-             priority: int = 0) -> Request:
+             priority: int = 0, hints: SchedulingHints = NO_HINTS) -> Request:
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     return Request(EngineCoreRequest(rid, list(range(3, 3 + prompt_len)), params,
-                                     arrival_time=arrival, priority=priority), MAX_MODEL_LEN)
+                                     arrival_time=arrival, priority=priority, hints=hints),
+                   MAX_MODEL_LEN)
 
 
 def _runner_output(scheduler: Scheduler, so: SchedulerOutput) -> ModelRunnerOutput:
@@ -53,18 +77,24 @@ def _scheduler(policy_cls: type, num_blocks: int, max_num_seqs: int = 4,
     config = SchedulerConfig(max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens,
                              max_model_len=MAX_MODEL_LEN)
-    return Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE), policy_cls(config))
+    return Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE), policy_cls(config),
+                     clock=SimClock())
 
 
 def run_to_completion(scheduler: Scheduler, max_steps: int = 2000,
                       on_step: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Step until nothing is left; returns request id -> output tokens at its finish."""
+    """Step until nothing is left; returns request id -> output tokens at its finish.
+
+    A scheduler on a ``SimClock`` sees it advance ``STEP_S`` after every step."""
     finished: dict[str, int] = {}
+    clock = scheduler.clock
     for step in range(max_steps):
         if on_step is not None:
             on_step(step)
         if not scheduler.has_unfinished_requests():
             return finished
+        if isinstance(clock, SimClock) and step:
+            clock.advance(STEP_S)
         so = scheduler.schedule()
         assert so.total_num_scheduled_tokens <= scheduler.max_num_batched_tokens, "token budget"
         assert len(so.num_scheduled_tokens) <= scheduler.max_num_seqs, "sequence budget"
@@ -127,7 +157,7 @@ def _check_starvation(policy_cls: type, max_wait_steps: int) -> None:
     def arrive(step: int) -> None:
         if step < 200:  # two new requests a step, more than two sequences can serve
             for k in range(2):
-                sched.add_request(_request(f"s{step}.{k}", 8, 4, arrival=1.0 + step))
+                sched.add_request(_request(f"s{step}.{k}", 8, 4, arrival=sched.clock()))
         first = sched.requests.get("first")
         if not admitted_at and (first is None or first.first_scheduled_time is not None):
             admitted_at.append(step)
@@ -138,10 +168,67 @@ def _check_starvation(policy_cls: type, max_wait_steps: int) -> None:
         f"under a stream of later arrivals (allowed {max_wait_steps})")
 
 
+def _check_metrics(samples: list, seen: dict[str, tuple], counters: dict[tuple, float]) -> None:
+    assert isinstance(samples, list), f"metrics() returned {type(samples).__name__}, not a list"
+    for m in samples:
+        assert isinstance(m, PolicyMetric), f"metrics() returned {m!r}, not a PolicyMetric"
+        assert m.kind in ("counter", "gauge"), f"metric {m.name}: kind {m.kind!r}"
+        shape = (m.kind, tuple(k for k, _ in m.labels))
+        assert seen.setdefault(m.name, shape) == shape, (
+            f"metric {m.name} changed its kind or label names: {seen[m.name]} then {shape}")
+        if m.kind == "counter":
+            key = (m.name, m.labels)
+            assert m.value >= counters.get(key, 0.0), f"counter {key} decreased"
+            counters[key] = m.value
+
+
+def _check_hints(policy_cls: type) -> None:
+    # 12 blocks of 4 tokens for six requests of 9 + 10 tokens: preemptions are certain.
+    sched = _scheduler(policy_cls, num_blocks=12)
+    tenants = ("a", "a", "a", "a", "b", None)
+    for i, tenant in enumerate(tenants):
+        hints = SchedulingHints(tenant=tenant, ttft_target_s=0.05 * (i + 1),
+                                latency_target_s=None if i % 2 else 1.0)
+        sched.add_request(_request(f"h{i}", 9, 10, arrival=0.0, hints=hints))
+    seen: dict[str, tuple] = {}
+    counters: dict[tuple, float] = {}
+
+    def step(k: int) -> None:
+        _check_metrics(sched.policy.metrics(), seen, counters)
+        running = [r.request_id for r in sched.running]
+        if k == 3 and running:  # abort one running request mid-flight
+            sched.finish_requests(running[0], RequestStatus.FINISHED_ABORTED)
+            aborted.append(running[0])
+
+    aborted: list[str] = []
+    finished = run_to_completion(sched, on_step=step)
+    _check_metrics(sched.policy.metrics(), seen, counters)
+    assert sched.num_preemptions > 0, "the small cache should have forced a preemption"
+    expected = {f"h{i}" for i in range(len(tenants))} - set(aborted)
+    assert set(finished) == expected and all(n == 10 for n in finished.values()), (
+        f"with tenants and targets: finished {finished}, aborted {aborted}")
+    assert sched.kv_cache_manager.num_free_blocks == 12, "blocks leaked"
+
+
+def _check_options(policy_cls: type) -> None:
+    config = SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=32,
+                             max_model_len=MAX_MODEL_LEN)
+    policy_cls(config)
+    bad = config.model_copy(update={"policy_config": {"no_such_option_xyz": 1}})
+    try:
+        policy_cls(bad)
+    except ValueError as exc:
+        assert "no_such_option_xyz" in str(exc), f"the error does not name the option: {exc}"
+    else:
+        raise AssertionError("an unknown option was accepted")
+
+
 def check_scheduling_policy(policy_cls: type, max_wait_steps: int = 10) -> None:
     """Run every check on ``policy_cls`` (a ``SchedulingPolicy`` subclass)."""
+    _check_options(policy_cls)
     _check_queue(policy_cls)
     _check_admission(policy_cls)
     _check_preemption(policy_cls)
     _check_abort(policy_cls)
     _check_starvation(policy_cls, max_wait_steps)
+    _check_hints(policy_cls)

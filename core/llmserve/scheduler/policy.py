@@ -74,21 +74,26 @@ class SchedulingContext:
 
 @dataclass(frozen=True)
 class StepFeedback:
-    """What one ``schedule()`` call did, given to ``SchedulingPolicy.on_step`` once per step.
+    """What one step did, given to ``SchedulingPolicy.on_step`` once the step's output has been
+    applied (``update_from_output``), and when requests are finished from outside the step
+    (``finish_requests``: aborts), so that every finish reaches the policy without waiting for
+    another step.
 
     Built from the scheduler's own step structures (nothing is copied per request), so reading
-    it costs what the policy chooses to read.
+    it costs what the policy chooses to read. Under asynchronous scheduling the next step has
+    already been scheduled when a step's feedback arrives.
     """
 
-    #: Request id -> tokens scheduled for it this step (prefill chunk, decode, recompute).
+    #: Request id -> tokens the step computed for it (prefill chunk, decode, recompute);
+    #: empty for a feedback that only reports aborts.
     num_scheduled_tokens: Mapping[str, int]
-    #: Ids preempted during this step (they are back in the policy's queue).
+    #: Ids preempted while scheduling the step (they are back in the policy's queue).
     preempted: Collection[str]
     #: Requests that finished since the previous feedback, with their final status (stopped,
     #: length-capped or aborted, aborts of waiting requests included); the policy may read
     #: them but must not keep them.
     finished: Sequence[Request]
-    #: The step's ``SchedulingContext.now``.
+    #: The scheduler's clock when the feedback was built (a finish's time).
     now: float
 
 
@@ -195,9 +200,9 @@ class SchedulingPolicy(ABC):
         """
 
     def on_step(self, feedback: StepFeedback) -> None:
-        """Learn what the step just scheduled did. Called at the end of every ``schedule()``
-        that scheduled, preempted or finished anything; a policy that does not override it
-        costs the step nothing (the scheduler does not build the feedback)."""
+        """Learn what a step did: called once per step that scheduled, preempted or finished
+        anything, after its output is applied, and after aborts. A policy that does not
+        override it costs the step nothing (the scheduler does not build the feedback)."""
 
     def metrics(self) -> list[PolicyMetric]:
         """Samples for ``/metrics`` (per-tenant counters, targets met...). Called when the

@@ -238,9 +238,6 @@ class Scheduler:
             num_computed_tokens=[v[1] for v in values],
         )
         finished, self.finished_req_ids = self.finished_req_ids, set()
-        if self._policy_feedback and (num_scheduled or preempted or self._finished_for_policy):
-            done, self._finished_for_policy = self._finished_for_policy, []
-            self.policy.on_step(StepFeedback(num_scheduled, preempted, done, ctx.now))
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached,
@@ -354,7 +351,17 @@ class Scheduler:
                 request.num_cached_tokens))
         if num_finished:
             self.running = [r for r in self.running if r.status is _RUNNING]
+        if self._policy_feedback:
+            self._give_feedback(scheduler_output.num_scheduled_tokens,
+                                scheduler_output.preempted_req_ids, now)
         return outputs
+
+    def _give_feedback(self, num_scheduled: dict[str, int], preempted: set[str],
+                       now: float) -> None:
+        done = self._finished_for_policy
+        if num_scheduled or preempted or done:
+            self._finished_for_policy = []
+            self.policy.on_step(StepFeedback(num_scheduled, preempted, done, now))
 
     def _append_and_check_stop(self, request: Request, new_ids: list[int]) -> int:
         """Append tokens one by one until a stop condition; returns how many were kept.
@@ -461,6 +468,8 @@ class Scheduler:
                                      if r.status is _AWAITING_GRAMMAR]
         if waiting:
             self.policy.remove(waiting)
+        if self._policy_feedback:
+            self._give_feedback({}, set(), self.clock())
 
     def _queue_compiled(self, block: bool) -> None:
         """Move constrained requests whose grammar compiled into the policy's queue, and drop
