@@ -2,7 +2,7 @@
 
 Two public surfaces, each with its own stability promise:
 
-- **Users:** ``LLM``, ``SamplingParams`` and the output types (``RequestOutput``,
+- **Users:** ``LLM``, ``SamplingParams``, ``SchedulingHints`` and the output types (``RequestOutput``,
   ``CompletionOutput``, ``Logprob``), versioned with the package (``__version__``).
 - **Plugin authors:** the plugin API, versioned on its own by ``PLUGIN_API_VERSION``
   (semantically: removals and incompatible changes only in a new major version, after a
@@ -17,11 +17,12 @@ Every other module is internal and may change in any release.
 
 from llmserve.outputs import CompletionOutput, Logprob, RequestOutput
 from llmserve.plugin_markers import PLUGIN_API_VERSION, hookimpl
+from llmserve.request import SchedulingHints
 from llmserve.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "hookimpl",
+__all__ = ["LLM", "SamplingParams", "SchedulingHints", "RequestOutput", "CompletionOutput", "Logprob", "hookimpl",
            "PLUGIN_API_VERSION", "__version__"]
 
 
