@@ -40,6 +40,9 @@ _ABORTED = RequestStatus.FINISHED_ABORTED
 _AWAITING_GRAMMAR = RequestStatus.WAITING_FOR_GRAMMAR
 #: How long an otherwise idle ``schedule()`` waits for a grammar to finish compiling.
 _GRAMMAR_POLL_S = 0.005
+#: How stale the policy's metrics in ``make_stats`` may be while requests run: the stats go
+#: out with every step, and a policy with many tenants reports many samples.
+_POLICY_METRICS_PERIOD_S = 0.5
 #: request.extra key: prompt-logprob rows already sent (a resumed request recomputes them).
 _PLP_SENT = "num_prompt_logprobs_sent"
 
@@ -90,6 +93,8 @@ class Scheduler:
         self._policy_feedback = type(policy).on_step is not SchedulingPolicy.on_step
         #: Finished since the last feedback (only while the policy takes feedback).
         self._finished_for_policy: list[Request] = []
+        self._policy_metrics: list = []
+        self._policy_metrics_at = float("-inf")
 
     # -- intake and queries -------------------------------------------------------------
 
@@ -141,8 +146,18 @@ class Scheduler:
             "prefix_cache_queries": stats.queries,
             "prefix_cache_hits": stats.hits,
             "num_preemptions": self.num_preemptions,
-            "policy_metrics": self.policy.metrics(),
+            "policy_metrics": self._fresh_policy_metrics(),
         }
+
+    def _fresh_policy_metrics(self) -> list:
+        """The policy's samples, refreshed at most every ``_POLICY_METRICS_PERIOD_S`` while
+        requests run and always once the scheduler is idle (so final counts are exact)."""
+        now = time.monotonic()
+        if (now - self._policy_metrics_at >= _POLICY_METRICS_PERIOD_S
+                or not self.has_unfinished_requests()):
+            self._policy_metrics = self.policy.metrics()
+            self._policy_metrics_at = now
+        return self._policy_metrics
 
     def scheduling_context(self) -> SchedulingContext:
         """The state the policy decides from; ``schedule()`` takes one snapshot per call."""
