@@ -13,7 +13,7 @@ KV pressure, queue lengths or cached prefixes without reaching into the schedule
 cache manager. After each step it may receive a ``StepFeedback`` (``on_step``) and it may
 report metrics (``metrics``).
 
-Invariants (the conformance kit, ``llmserve.plugin_testing.check_scheduling_policy``, checks
+Invariants (the conformance kit, ``llmserve.plugin_testing.scheduling.check_scheduling_policy``, checks
 them): the scheduler owns KV blocks, the token and sequence budgets, request status and every
 field of a ``Request``; a policy only orders its own queue, names victims among the running
 requests it is shown, and keeps its own bookkeeping. It never mutates a request, never keeps a
