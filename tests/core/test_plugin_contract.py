@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGIN_PACKAGES = {
     "llmserve_triton": REPO / "plugins" / "kernels_triton",
     "llmserve_nvidia": REPO / "plugins" / "hardware_nvidia",
+    "llmserve_schedulers": REPO / "plugins" / "schedulers",
 }
 
 

@@ -1,0 +1,1 @@
+"""Scheduling policies for llmserve, contributed through ``llmserve_scheduling_policies``."""
