@@ -52,6 +52,16 @@ def test_a_preempted_request_is_ordered_by_its_latency_deadline():
     assert _drain(policy, now=0.0) == ["fresh", "started"]
 
 
+def test_a_streaming_request_with_no_target_left_is_never_demoted():
+    policy = DeadlinePolicy(make_config())
+    streaming = make_request("streaming", ttft=0.1)
+    streaming.first_token_time = 0.05  # its TTFT target is behind it; no latency target
+    policy.prepend(streaming)
+    policy.add(make_request("fresh", arrival=4.5, ttft=1.0))  # on time until 5.5
+    # Long after its TTFT deadline it is not late: it resumes first, by that early deadline.
+    assert _drain(policy, now=5.0) == ["streaming", "fresh"]
+
+
 def test_the_victim_has_the_latest_deadline():
     policy = DeadlinePolicy(make_config())
     running = [make_request("urgent", ttft=0.1), make_request("slack", ttft=5.0),

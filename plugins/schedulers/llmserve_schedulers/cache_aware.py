@@ -6,8 +6,10 @@ of requests with shared prompts arrive interleaved.
 
 Two bounds keep it cheap and fair. Only the first ``window`` waiting requests in arrival order
 are scored, and each score (``SchedulingContext.cached_prefix_tokens``, a hash lookup per
-cached block) is computed once per step, however many ``peek``/``pop`` calls the step makes:
-the context is the step's snapshot, so a score cannot change within it. And a request passed
+cached block) is computed once per step, however many ``peek``/``pop`` calls the step makes.
+The lookup reads the live cache, so blocks cached by one admission within the step are seen
+by the next step's scores, not by the rest of this step's: a step's admissions are chosen
+from the scores at its first ``peek``. And a request passed
 over by a younger one ``max_passes`` times is due: due requests are admitted before any
 scoring, oldest first, so no request waits behind more than ``max_passes`` younger admissions.
 """

@@ -14,11 +14,13 @@ heap of static keys. With ``demote_missed`` a second heap holds requests whose e
 has already passed: they are served only when no waiting request can still make its
 deadline. Under overload that keeps the requests that can be on time on time instead of
 letting a backlog of late ones make everyone late, at the price of the late ones: they wait
-until the load drops (a preempted request past its deadlines resumes last).
+until the load drops (a preempted request past its latency deadline resumes last; one that
+streams with no latency target has no deadline left to miss and is never demoted).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 from pydantic import Field
@@ -80,8 +82,11 @@ class DeadlinePolicy(SchedulingPolicy):
         ttft_deadline = None if ttft is None else arrival + ttft
         latency_deadline = None if latency is None else arrival + latency
         if request.first_token_time is not None:
-            deadline = ttft_deadline if latency_deadline is None else latency_deadline
-            return deadline, deadline
+            if latency_deadline is None:
+                # Its only target is behind it, met or not: nothing left to miss, so it is
+                # never demoted, and its early TTFT deadline resumes it soon.
+                return ttft_deadline, math.inf
+            return latency_deadline, latency_deadline
         if ttft_deadline is None:
             return latency_deadline, latency_deadline
         if latency_deadline is None:
