@@ -60,7 +60,8 @@ def test_quick_run_writes_json_and_a_table_with_every_row(po, tmp_path, capsys):
                  ("priority", "high-priority TTFT"), ("sjf", "mean end-to-end latency"),
                  ("sjf", "long jobs"), ("deadline", "TTFT targets met"),
                  ("cache-aware", "prefix-cache hit rate")]
-                + [(p, "overhead") for p in overhead])
+                + [(p, "overhead") for p in overhead]
+                + [("core (reference)", "host overhead of a whole engine step")])
     assert len(rows) == len(expected), rows
     for (policy, outcome), row in zip(expected, rows):
         assert row[0] == policy and row[1].startswith(outcome), row

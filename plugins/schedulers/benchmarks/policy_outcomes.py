@@ -73,8 +73,9 @@ OVERHEAD_POLICIES = ("fcfs", "priority") + PLUGIN_POLICIES
 #: The core's own figure for the same load (benchmarks/README.md, CPU section).
 CORE_OVERHEAD = {
     "host_ms_median": 1.96,
-    "source": "benchmarks/host_overhead.py -> benchmarks/results/cpu/host-overhead-256.json "
-              "(commit c519b4d, 2026-11-27, 2-core CPU machine)",
+    "script": "benchmarks/host_overhead.py",
+    "file": "benchmarks/results/cpu/host-overhead-256.json",
+    "measured": "commit c519b4d, 2026-11-27, the 2-core CPU machine",
     "what": "whole engine step at 256 running decode requests, model excluded: schedule + "
             "input preparation + sampling metadata + update + front-end output processing "
             "with detokenization; main-thread CPU time",
@@ -123,8 +124,10 @@ class SimResult:
     makespan_s: float
     num_preemptions: int
     prefix_hit_rate: float
-    #: Per step: (tokens scheduled per label, labels with a waiting request before the step).
-    steps: list[tuple[dict[str, int], frozenset[str]]] = field(default_factory=list)
+    #: Per step: (tokens scheduled per label, labels with a waiting request before the step,
+    #: running requests per label after scheduling it).
+    steps: list[tuple[dict[str, int], frozenset[str], dict[str, int]]] = field(
+        default_factory=list)
 
 
 def policy_classes() -> dict[str, type]:
@@ -173,7 +176,7 @@ def simulate(scheduler: Scheduler, arrivals: Sequence[Arrival], track_labels: bo
     pending = deque(sorted(arrivals, key=lambda a: a.t))
     records = {a.rid: Record(a.t, a.label) for a in arrivals}
     live: dict[str, Request] = {}
-    steps: list[tuple[dict[str, int], frozenset[str]]] = []
+    steps: list[tuple[dict[str, int], frozenset[str], dict[str, int]]] = []
     num_steps = 0
     while pending or scheduler.has_unfinished_requests():
         if not scheduler.has_unfinished_requests() and pending[0].t > clock.now:
@@ -185,14 +188,18 @@ def simulate(scheduler: Scheduler, arrivals: Sequence[Arrival], track_labels: bo
         if track_labels:
             backlogged = frozenset(records[r.request_id].label for r in scheduler.policy)
         so = scheduler.schedule()
-        clock.advance(step_cost_s(so.total_num_scheduled_tokens))
-        outputs = scheduler.update_from_output(so, stand_in_model(scheduler, so))
         if track_labels:
-            per_label: dict[str, int] = {}
+            tokens: dict[str, int] = {}
             for rid, n in so.num_scheduled_tokens.items():
                 label = records[rid].label
-                per_label[label] = per_label.get(label, 0) + n
-            steps.append((per_label, backlogged))
+                tokens[label] = tokens.get(label, 0) + n
+            running: dict[str, int] = {}
+            for r in scheduler.running:
+                label = records[r.request_id].label
+                running[label] = running.get(label, 0) + 1
+            steps.append((tokens, backlogged, running))
+        clock.advance(step_cost_s(so.total_num_scheduled_tokens))
+        outputs = scheduler.update_from_output(so, stand_in_model(scheduler, so))
         for out in outputs:
             if out.finish_reason is not None:
                 record = records[out.request_id]
@@ -352,12 +359,13 @@ def fair_outcome(r: SimResult) -> dict[str, Any]:
     shares are equal), J = (x_A + x_B)^2 / (2 (x_A^2 + x_B^2)): 1 is an even split, 0.5 one
     tenant taking everything."""
     tok = {"A": 0, "B": 0}
-    num_steps = num_a_waiting = 0
-    for per_label, backlogged in r.steps:
+    num_steps = num_a_waiting = num_b_running = 0
+    for per_label, backlogged, running in r.steps:
         if "B" not in backlogged:
             continue
         num_steps += 1
         num_a_waiting += "A" in backlogged
+        num_b_running += running.get("B", 0)
         for t in tok:
             tok[t] += per_label.get(t, 0)
     total = tok["A"] + tok["B"]
@@ -367,6 +375,7 @@ def fair_outcome(r: SimResult) -> dict[str, Any]:
     return {"small_tenant_share": round(tok["B"] / total, 4) if total else 0.0,
             "jain_index": round(jain, 4), "backlogged_steps": num_steps,
             "big_tenant_waiting_steps": num_a_waiting, "tokens_in_interval": tok,
+            "small_tenant_running_mean": round(num_b_running / num_steps, 2) if num_steps else 0,
             "small_tenant_mean_latency_s": round(statistics.fmean(x.latency for x in b), 4),
             **_common(r)}
 
@@ -608,8 +617,15 @@ def overhead_rows(ovh: dict[str, dict[str, float]]) -> list[tuple[str, ...]]:
     return rows
 
 
+def reference_row() -> tuple[str, ...]:
+    """The core's own step-overhead figure, beside the policies' (not measured here)."""
+    return ("core (reference)", ("host overhead of a whole engine step, 256 decode requests "
+            "(benchmarks/README.md, CPU time)"), f"{CORE_OVERHEAD['host_ms_median']:.2f} ms",
+            "—", "<= 2 ms (the core's)", "—")
+
+
 def render_table(outcomes: dict, overhead: dict) -> str:
-    rows = outcome_rows(outcomes) + overhead_rows(overhead)
+    rows = outcome_rows(outcomes) + overhead_rows(overhead) + [reference_row()]
     lines = ["| policy | outcome | FCFS | policy | target | holds |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -642,47 +658,65 @@ def git_commit() -> str:
     return commit + ("+uncommitted" if dirty else "")
 
 
+def _wrap(text: str, bullet: bool = False) -> str:
+    if bullet:
+        return textwrap.fill(text, 96, initial_indent="- ", subsequent_indent="  ")
+    return textwrap.fill(text, 96)
+
+
 def method_text(sizes: Sizes, mach: dict) -> str:
-    """The README's method paragraph, filled to 96 columns."""
-    return textwrap.fill(" ".join(_method_text(sizes, mach).split()), 96)
-
-
-def _method_text(sizes: Sizes, mach: dict) -> str:
-    return f"""\
-Simulated on the real `Scheduler` and `KVCacheManager` (block size {BLOCK_SIZE}, prefix caching
-on) with no model: each step a stand-in answers one sampled token for every request whose prompt
-is computed (`ignore_eos`, so requests run to `max_tokens`), and a simulated clock (the
-scheduler's `clock=`) advances by `{STEP_FIXED_S * 1e3:g} ms + {STEP_PER_TOKEN_S * 1e6:g} µs ×
-tokens scheduled`, a small model on a small GPU. Engine: `max_num_seqs={MAX_NUM_SEQS}`,
-`max_num_batched_tokens={MAX_NUM_BATCHED_TOKENS}`, KV cache {AMPLE_BLOCKS} blocks (cache-aware:
-{CACHE_BLOCKS}). Arrivals are Poisson from `random.Random({SEED} + k)`, random prompt tokens;
-each policy and FCFS run the identical request list, with the policy's default options.
-Workloads: **fair** tenant A {sizes.fair_big} / tenant B {sizes.fair_small} requests (every 11th
-is B's) at {FAIR_RATE:g} req/s, prompts 64-512, 32-256 new tokens; the share counts tokens
-computed (prefill + decode) in the steps that start with a B request waiting, Jain's index is
-over x = tokens / weight of the two tenants in those steps (equal weights; both want more than
-half the engine then); **fair-{WIDE_BATCH}** is the same with `max_num_seqs={WIDE_BATCH}`, where B's
-{sizes.fair_small} requests cannot fill half the slots and `fair`, which acts on admission only
-and never preempts to rebalance, cannot give B half the tokens. **priority** {sizes.priority} requests at {PRIORITY_RATE:g} req/s, 20%
-priority 0 and 80% priority 1, same lengths. **sjf** {sizes.sjf} requests at {SJF_RATE:g}
-req/s, 80% short (32-128 prompt, 16-64 out), 20% long (1,024-2,048 prompt, 256-512 out).
-**deadline** {sizes.deadline} requests at {DEADLINE_RATE:g} req/s, {TIGHT_SHARE:.0%} with a
-TTFT target of {TIGHT_TTFT_S:g} s and the rest {LOOSE_TTFT_S:g} s. **cache-aware**
-{sizes.cache_groups} groups × {sizes.cache_per_group} requests of a shared {CACHE_PREFIX}-token
-prefix + {CACHE_SUFFIX} unique tokens, {CACHE_OUT} new, groups shuffled, {CACHE_RATE:g} req/s, on
-{CACHE_BLOCKS} blocks ({CACHE_BLOCKS * BLOCK_SIZE} tokens: not all {sizes.cache_groups} prefixes
-fit); hit rate is `prefix_cache_stats.hit_rate` over the run (prompt tokens found cached at each
-admission). Every offered rate is above what the engine serves of its mix (FCFS serves 18-30
-req/s), so queues build while requests arrive, then drain. These outcomes are deterministic;
-only the overhead rows are a wall-clock measurement (`time.perf_counter` around `schedule()` +
-`update_from_output()`, median of {sizes.overhead_steps} steps per policy after
-{sizes.overhead_warmup} of warm-up, policies taking turns) at {OVH_RUNNING} running decode
-requests and {OVH_WAITING} waiting (`max_num_seqs={OVH_RUNNING}`, queue topped up every step,
-{OVH_TENANTS} tenants, TTFT targets, {OVH_GROUPS} shared prefixes), on {mach['cpu']}
-({mach['cores']} cores). For scale, the core's host overhead of a whole engine step at 256
-running decode requests is {CORE_OVERHEAD['host_ms_median']} ms median
-({CORE_OVERHEAD['source']}; input preparation, sampling and detokenization included, CPU
-time). Reproduce: `{COMMAND}`."""
+    """The README's method paragraph: what ran, and how to run it again."""
+    s = sizes
+    intro = (
+        f"Simulated on the real `Scheduler` and `KVCacheManager` (block size {BLOCK_SIZE}, "
+        f"prefix caching on) with no model: each step a stand-in returns one sampled token for "
+        f"every request whose prompt is computed (`ignore_eos`: requests run to `max_tokens`), "
+        f"and the scheduler's simulated clock advances by {STEP_FIXED_S * 1e3:g} ms + "
+        f"{STEP_PER_TOKEN_S * 1e6:g} µs per token scheduled (a small model on a small GPU). "
+        f"Engine: `max_num_seqs={MAX_NUM_SEQS}`, `max_num_batched_tokens="
+        f"{MAX_NUM_BATCHED_TOKENS}`, {AMPLE_BLOCKS} KV blocks. Poisson arrivals and random "
+        f"prompt tokens from `random.Random({SEED} + k)`; each policy and FCFS run the identical "
+        f"requests, policies with their default options. Every offered rate is above what the "
+        f"engine serves of its mix (FCFS serves 18-30 req/s), so queues build, then drain. "
+        f"These outcomes are deterministic (simulated clock).")
+    workloads = [
+        (f"**fair**: tenant A {s.fair_big} and tenant B {s.fair_small} requests (every 11th is "
+        f"B's) at {FAIR_RATE:g} req/s, prompts 64-512 tokens, 32-256 new. The share is B's part "
+        f"of the tokens computed (prefill + decode) in the steps that start with a B request "
+        f"waiting; Jain's index is (x_A + x_B)² / (2 (x_A² + x_B²)) over x = tokens / weight in "
+        f"those same steps (equal weights: both tenants want more than half the engine then)."),
+        (f"**fair-{WIDE_BATCH}**: the same requests with `max_num_seqs={WIDE_BATCH}`. B is "
+        f"then backlogged only while the slots are held by A's requests admitted before B's "
+        f"arrived; `fair` acts on admission only (it never preempts to rebalance), so B's "
+        f"waiting requests enter one by one as A's finish and its share stays below the target "
+        f"(`small_tenant_running_mean` in the JSON: B's running requests in those steps)."),
+        (f"**priority**: {s.priority} requests at {PRIORITY_RATE:g} req/s, 20% priority 0 (runs "
+        f"first) and 80% priority 1, same lengths."),
+        (f"**sjf**: {s.sjf} requests at {SJF_RATE:g} req/s, 80% short (32-128 prompt, 16-64 "
+        f"new), 20% long (1,024-2,048 prompt, 256-512 new)."),
+        (f"**deadline**: {s.deadline} requests at {DEADLINE_RATE:g} req/s, {TIGHT_SHARE:.0%} "
+        f"with a TTFT target of {TIGHT_TTFT_S:g} s, the rest {LOOSE_TTFT_S:g} s."),
+        (f"**cache-aware**: {s.cache_groups} groups × {s.cache_per_group} requests, each a "
+        f"shared {CACHE_PREFIX}-token prefix + {CACHE_SUFFIX} unique tokens, {CACHE_OUT} new, "
+        f"groups shuffled, {CACHE_RATE:g} req/s, on {CACHE_BLOCKS} blocks "
+        f"({CACHE_BLOCKS * BLOCK_SIZE:,} tokens: not all {s.cache_groups} prefixes fit); hit "
+        f"rate is `prefix_cache_stats.hit_rate` over the run."),
+        (f"**overhead** (the only wall-clock rows): `time.perf_counter` around `schedule()` + "
+        f"`update_from_output()`, median of {s.overhead_steps} steps per policy after "
+        f"{s.overhead_warmup} of warm-up, the policies taking turns, at {OVH_RUNNING} running "
+        f"decode requests with {OVH_WAITING} waiting (`max_num_seqs={OVH_RUNNING}`, queue topped "
+        f"up every step, about one admission a step), every request with one of "
+        f"{OVH_TENANTS} tenants, a TTFT target and one of {OVH_GROUPS} shared "
+        f"{OVH_PREFIX}-token prefixes; on {mach['cpu']}, {mach['cores']} cores, Python "
+        f"{mach['python']}. The core's reference row is `{CORE_OVERHEAD['script']}` as "
+        f"`benchmarks/README.md` reports it (`{CORE_OVERHEAD['file']}`, "
+        f"{CORE_OVERHEAD['measured']}): a whole engine step's host work at 256 decode "
+        f"requests (input preparation, sampling, detokenization included), CPU time, not "
+        f"measured in this run."),
+    ]
+    return "\n".join([_wrap(intro), ""] + [_wrap(w, bullet=True) for w in workloads]
+                     + ["", _wrap(f"Reproduce: `{COMMAND}` (about 15 s on this machine; "
+                                  f"`--quick` runs the test's small sizes).")])
 
 
 def write_readme(table: str, method: str, path: Path = README) -> None:
