@@ -117,6 +117,11 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.tool_parsers.base",     # ToolParser and the values it returns
     # Test helpers
     "llmserve.plugin_testing",        # fresh managers and fixtures for plugin tests
+    "llmserve.plugin_testing.scheduling",  # policy conformance kit and simulation helpers
+    "llmserve.plugin_testing.cache_spec",  # cache-spec conformance checks
+    "llmserve.plugin_testing.platform",    # platform and runner conformance checks
+    "llmserve.plugin_testing.structured_output",  # grammar-backend conformance checks
+    "llmserve.plugin_testing.hf_parity",   # engine-vs-HF parity checks
     "llmserve.testing",               # tiny models and a local tokenizer
 )
 

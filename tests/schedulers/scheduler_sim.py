@@ -6,13 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+from llmserve import SamplingParams
 from llmserve.config import SchedulerConfig
-from llmserve.kv_cache.manager import KVCacheManager
-from llmserve.plugin_testing.scheduling import SimClock
+from llmserve.plugin_testing.scheduling import Scheduler, simulated_scheduler
 from llmserve.request import EngineCoreRequest, Request, SchedulingHints
-from llmserve.sampling_params import SamplingParams
 from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy
-from llmserve.scheduler.scheduler import Scheduler
 
 BLOCK = 4
 MAX_MODEL_LEN = 512
@@ -43,8 +41,7 @@ def make_scheduler(policy_cls: type[SchedulingPolicy], num_blocks: int = 256,
                    max_num_seqs: int = 4, budget: int = 32, prefix_caching: bool = True,
                    **options) -> Scheduler:
     config = make_config(max_num_seqs, budget, **options)
-    return Scheduler(config, KVCacheManager(num_blocks, BLOCK, prefix_caching),
-                     policy_cls(config), clock=SimClock())
+    return simulated_scheduler(policy_cls(config), num_blocks, BLOCK, prefix_caching)
 
 
 def make_context(now: float = 0.0, cached: dict[str, int] | None = None,

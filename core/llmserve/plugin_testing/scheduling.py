@@ -18,6 +18,11 @@ shape of a runner's output), and raises ``AssertionError`` naming what broke:
 
 The scheduler runs on a simulated clock (``SimClock``: ``STEP_S`` per step, arrivals on the
 same clock), so time-based policies see consistent ``now`` and arrival times.
+
+The same pieces serve a policy author's own simulations and benchmarks, without a model:
+``simulated_scheduler(policy, num_blocks)`` is the real ``Scheduler`` and ``KVCacheManager``
+around a policy, on a ``SimClock``; ``stand_in_output(scheduler, so)`` answers a step as a
+model would (one token per request whose prompt is computed).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from llmserve.scheduler.output import ModelRunnerOutput, SchedulerOutput
 from llmserve.scheduler.policy import PolicyMetric
 from llmserve.scheduler.scheduler import Scheduler
 
-__all__ = ["SimClock", "check_scheduling_policy", "run_to_completion"]
+# ``Scheduler`` is re-exported for annotating simulations; build one with simulated_scheduler.
+__all__ = ["Scheduler", "SimClock", "check_scheduling_policy", "run_to_completion",
+           "simulated_scheduler", "stand_in_output"]
 
 BLOCK_SIZE = 4
 MAX_MODEL_LEN = 256
@@ -61,15 +68,27 @@ def _request(rid: str, prompt_len: int, max_tokens: int, arrival: float,
                    MAX_MODEL_LEN)
 
 
-def _runner_output(scheduler: Scheduler, so: SchedulerOutput) -> ModelRunnerOutput:
-    """One sampled token for every scheduled request whose prompt is now computed."""
+def stand_in_output(scheduler: Scheduler, so: SchedulerOutput,
+                    token_id: int = 5) -> ModelRunnerOutput:
+    """What a model would answer to ``so``: ``token_id`` sampled for every scheduled request
+    whose prompt is now computed, nothing for a request mid-prefill."""
     ids = [r.req_id for r in so.scheduled_new_reqs] + so.scheduled_cached_reqs.req_ids
     sampled = []
     for rid in ids:
         req = scheduler.requests.get(rid)
         done = req is not None and req.num_computed_tokens >= req.num_tokens
-        sampled.append([5] if done else [])
+        sampled.append([token_id] if done else [])
     return ModelRunnerOutput(ids, sampled, [None] * len(ids))
+
+
+def simulated_scheduler(policy, num_blocks: int, block_size: int = BLOCK_SIZE,
+                        enable_prefix_caching: bool = True,
+                        clock: SimClock | None = None) -> Scheduler:
+    """The engine's ``Scheduler`` and ``KVCacheManager`` (``num_blocks`` of ``block_size``
+    tokens) around ``policy`` (an instance; its ``config`` sets the budgets), on ``clock``
+    (a new ``SimClock`` by default)."""
+    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching)
+    return Scheduler(policy.config, kv, policy, clock=clock if clock is not None else SimClock())
 
 
 def _scheduler(policy_cls: type, num_blocks: int, max_num_seqs: int = 4,
@@ -77,8 +96,7 @@ def _scheduler(policy_cls: type, num_blocks: int, max_num_seqs: int = 4,
     config = SchedulerConfig(max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens,
                              max_model_len=MAX_MODEL_LEN)
-    return Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE), policy_cls(config),
-                     clock=SimClock())
+    return simulated_scheduler(policy_cls(config), num_blocks)
 
 
 def run_to_completion(scheduler: Scheduler, max_steps: int = 2000,
@@ -99,7 +117,7 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 2000,
         assert so.total_num_scheduled_tokens <= scheduler.max_num_batched_tokens, "token budget"
         assert len(so.num_scheduled_tokens) <= scheduler.max_num_seqs, "sequence budget"
         requests = dict(scheduler.requests)
-        for out in scheduler.update_from_output(so, _runner_output(scheduler, so)):
+        for out in scheduler.update_from_output(so, stand_in_output(scheduler, so)):
             if out.finish_reason is not None:
                 finished[out.request_id] = requests[out.request_id].num_output_tokens
     raise AssertionError(f"requests still unfinished after {max_steps} steps")

@@ -40,14 +40,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmserve import SamplingParams
 from llmserve.config import SchedulerConfig
-from llmserve.kv_cache.manager import KVCacheManager
-from llmserve.plugin_testing.scheduling import SimClock
+from llmserve.plugin_testing.scheduling import (
+    Scheduler,
+    SimClock,
+    simulated_scheduler,
+    stand_in_output,
+)
 from llmserve.plugins import collect_registry, get_plugin_manager
 from llmserve.request import NO_HINTS, EngineCoreRequest, Request, SchedulingHints
-from llmserve.sampling_params import SamplingParams
-from llmserve.scheduler.output import ModelRunnerOutput, SchedulerOutput
-from llmserve.scheduler.scheduler import Scheduler
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -146,23 +148,13 @@ def make_scheduler(policy: str, *, num_blocks: int = AMPLE_BLOCKS, max_num_seqs:
                              max_num_batched_tokens=max_num_batched_tokens,
                              max_model_len=MAX_MODEL_LEN, policy=policy,
                              policy_config=policy_config or {})
-    kv = KVCacheManager(num_blocks, BLOCK_SIZE, enable_prefix_caching=True)
-    return Scheduler(config, kv, classes[policy](config), clock=SimClock())
+    return simulated_scheduler(classes[policy](config), num_blocks, BLOCK_SIZE)
 
 
 def make_request(a: Arrival) -> Request:
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, detokenize=False)
     return Request(EngineCoreRequest(a.rid, list(a.prompt), params, arrival_time=a.t,
                                      priority=a.priority, hints=a.hints), MAX_MODEL_LEN)
-
-
-def stand_in_model(scheduler: Scheduler, so: SchedulerOutput) -> ModelRunnerOutput:
-    """One sampled token for every scheduled request whose prompt is now computed."""
-    ids = [r.req_id for r in so.scheduled_new_reqs] + so.scheduled_cached_reqs.req_ids
-    requests = scheduler.requests
-    sampled = [[SAMPLED_TOKEN] if requests[rid].num_computed_tokens >= requests[rid].num_tokens
-               else [] for rid in ids]
-    return ModelRunnerOutput(ids, sampled, [None] * len(ids))
 
 
 def step_cost_s(num_tokens: int) -> float:
@@ -199,7 +191,7 @@ def simulate(scheduler: Scheduler, arrivals: Sequence[Arrival], track_labels: bo
                 running[label] = running.get(label, 0) + 1
             steps.append((tokens, backlogged, running))
         clock.advance(step_cost_s(so.total_num_scheduled_tokens))
-        outputs = scheduler.update_from_output(so, stand_in_model(scheduler, so))
+        outputs = scheduler.update_from_output(so, stand_in_output(scheduler, so, SAMPLED_TOKEN))
         for out in outputs:
             if out.finish_reason is not None:
                 record = records[out.request_id]
@@ -501,7 +493,7 @@ class OverheadLoad:
         t0 = time.perf_counter()
         so = sched.schedule()
         t1 = time.perf_counter()
-        runner_output = stand_in_model(sched, so)
+        runner_output = stand_in_output(sched, so, SAMPLED_TOKEN)
         sched.clock.advance(step_cost_s(so.total_num_scheduled_tokens))
         t2 = time.perf_counter()
         sched.update_from_output(so, runner_output)
