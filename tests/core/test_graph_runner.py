@@ -10,7 +10,7 @@ import torch
 from llmserve.attention.torch_ref import TorchPagedAttention
 from llmserve.config import EngineArgs
 from llmserve.engine.resolver import resolve_engine
-from llmserve.kv_cache.spec import KVCacheConfig
+from llmserve.kv_cache.spec import KVCacheConfig, PerRequestStateSpec
 from llmserve.platforms.cpu import CpuPlatform
 from llmserve.platforms.gpu import GpuPlatform
 from llmserve.plugin_testing import fresh_plugin_manager
@@ -43,27 +43,31 @@ def _decode_step(ids, positions, slots, seq_lens) -> StepBatch:
 
 
 def test_staged_inputs_are_padded_with_inert_rows_in_the_scratch_block():
-    scratch, bs = 9, 16
-    host = torch.full((4, 8), -5, dtype=torch.long)
+    scratch, bs, scratch_row = 9, 16, 6
+    host = torch.full((5, 8), -5, dtype=torch.long)
     step = _decode_step(ids=[101, 102, 103], positions=[4, 17, 0], slots=[36, 49, 64],
                         seq_lens=[5, 18, 1])
-    stage_decode_inputs(host, step, size=4, scratch_block=scratch, block_size=bs)
-    assert host[:, :3].tolist() == [[101, 102, 103], [4, 17, 0], [36, 49, 64], [5, 18, 1]]
-    # The padding row: token 0 at position 0, K/V into the scratch block's first slot.
-    assert host[:, 3].tolist() == [0, 0, scratch * bs, 1]
+    stage_decode_inputs(host, step, size=4, scratch_block=scratch, block_size=bs,
+                        state_slots=np.array([2, 0, 5]), scratch_state_row=scratch_row)
+    assert host[:, :3].tolist() == [[101, 102, 103], [4, 17, 0], [36, 49, 64], [5, 18, 1],
+                                    [2, 0, 5]]
+    # The padding row: token 0 at position 0, K/V into the scratch block's first slot, state
+    # in the scratch state row.
+    assert host[:, 3].tolist() == [0, 0, scratch * bs, 1, scratch_row]
     assert (host[:, 4:] == -5).all()  # beyond the captured size: untouched
 
     stage_decode_inputs(host, _decode_step([7], [2], [3], [3]), size=1, scratch_block=scratch,
                         block_size=bs)
-    assert host[:, 0].tolist() == [7, 2, 3, 3]
-    assert host[:, 3].tolist() == [0, 0, scratch * bs, 1]  # a full-size batch pads nothing
+    assert host[:4, 0].tolist() == [7, 2, 3, 3]
+    assert host[:, 3].tolist() == [0, 0, scratch * bs, 1, scratch_row]  # nothing padded
 
 
 def test_pad_inert_resets_every_row_of_the_range():
-    host = torch.arange(4 * 6, dtype=torch.long).reshape(4, 6)
-    pad_inert(host, 2, 5, scratch_block=3, block_size=4)
-    assert host[:, 2:5].tolist() == [[0] * 3, [0] * 3, [12] * 3, [1] * 3]
-    assert host[:, [0, 1, 5]].tolist() == [[0, 1, 5], [6, 7, 11], [12, 13, 17], [18, 19, 23]]
+    host = torch.arange(5 * 6, dtype=torch.long).reshape(5, 6)
+    pad_inert(host, 2, 5, scratch_block=3, block_size=4, scratch_state_row=7)
+    assert host[:, 2:5].tolist() == [[0] * 3, [0] * 3, [12] * 3, [1] * 3, [7] * 3]
+    assert host[:, [0, 1, 5]].tolist() == [[0, 1, 5], [6, 7, 11], [12, 13, 17], [18, 19, 23],
+                                           [24, 25, 29]]
 
 
 class CpuMemoryGpu(GpuPlatform):
@@ -106,3 +110,15 @@ def test_graph_runner_needs_a_gpu_platform(tiny_models):
     with pytest.raises(TypeError, match="GraphModelRunner needs a GpuPlatform .*platform "
                                         "'cpu' is not one"):
         GraphModelRunner(_config(tiny_models, CpuPlatform))
+
+
+def test_graph_runner_keeps_one_scratch_state_row_beyond_slots_and_snapshots(tiny_models):
+    runner = GraphModelRunner(_config(tiny_models, CpuMemoryGpu))
+    runner.load_model()
+    state = PerRequestStateSpec(((3, 4), (2,)), 4)
+    runner.initialize_kv_cache(KVCacheConfig(tuple(runner.cache_specs()) + (state,), 10,
+                                             num_state_slots=2, num_state_snapshots=2))
+    # Rows 0-1 are slots, 2-3 snapshots, 4 the padded graph rows' scratch.
+    assert runner.scratch_state_row == 4
+    assert [tuple(t.shape) for t in runner.kv_caches[-1]] == [(5, 3, 4), (5, 2)]
+    assert [tuple(t.shape) for t in runner.state_tensors] == [(5, 3, 4), (5, 2)]

@@ -49,7 +49,9 @@ def test_state_slots_reach_the_forward_and_persist(tiny_models):
                                       max_num_batched_tokens=8), pm)
         core = engine.core
         assert core.kv_cache_config.num_state_slots == 2
-        assert not core.kv_manager.enable_prefix_caching
+        # Prefix caching stays on through state snapshots, as many rows as slots.
+        assert core.kv_cache_config.num_state_snapshots == 2
+        assert core.kv_manager.snapshots is not None
         params = SamplingParams(max_tokens=3, ignore_eos=True)
         for rid, n in (("a", 5), ("b", 10), ("c", 4)):
             engine.add_request(rid, list(range(3, 3 + n)), params)

@@ -59,9 +59,11 @@ class EngineCore:
         self.num_blocks = kv_config.num_blocks
         block_size = cfg.cache.block_size
         self.kv_capacity_tokens = kv_config.num_blocks * block_size
-        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %d state slots (%.1f MiB) "
-                    "on %s", kv_config.num_blocks, block_size, self.kv_capacity_tokens,
-                    kv_config.num_state_slots, kv_config.total_bytes / 2**20, platform.name)
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %d state slots + %d "
+                    "prefix snapshots (%.1f MiB) on %s", kv_config.num_blocks, block_size,
+                    self.kv_capacity_tokens, kv_config.num_state_slots,
+                    kv_config.num_state_snapshots, kv_config.total_bytes / 2**20,
+                    platform.name)
 
         policies = collect_registry(pm, "llmserve_scheduling_policies")
         if cfg.scheduler.policy not in policies:
@@ -97,7 +99,8 @@ class EngineCore:
                                         cfg.scheduler.max_num_seqs)
             budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
                                                     cfg.cache.gpu_memory_utilization)
-        return plan_kv_cache(specs, budget, cfg.scheduler.max_num_seqs, override)
+        return plan_kv_cache(specs, budget, cfg.scheduler.max_num_seqs, override,
+                             state_snapshots=cfg.cache.enable_prefix_caching)
 
     def _structured_output_manager(self, pm) -> Optional[StructuredOutputManager]:
         """The grammar compiler and mask filler; None without a tokenizer. The tokenizer is

@@ -19,7 +19,9 @@ Two shapes of need exist:
   keeps one conv + SSM state per running request whatever its length. Their memory is one
   *slot* per concurrently running sequence (``max_num_seqs`` slots), reserved from the budget
   before the paged blocks get the rest; a request holds the same slot index in every state
-  layer from admission until it finishes or is preempted.
+  layer from admission until it finishes or is preempted. With prefix caching, as many rows
+  again hold *snapshots* of states at block boundaries (``llmserve.kv_cache.state_snapshots``),
+  so a prefix hit can restore the state of the prefix.
 
 No torch here: sizes are plain ints, so the scheduler side stays device-agnostic.
 """
@@ -142,12 +144,18 @@ class KVCacheConfig:
 
     ``layer_specs[i]`` is the spec of the i-th caching layer (the order of
     ``ForwardContext.kv_caches``). Paged layers get ``num_blocks`` blocks each; state layers
-    get ``num_state_slots`` slots each.
+    get ``num_state_slots`` slots, then ``num_state_snapshots`` snapshot rows, each.
     """
 
     layer_specs: tuple[CacheSpec, ...]
     num_blocks: int
     num_state_slots: int = 0
+    num_state_snapshots: int = 0
+
+    @property
+    def num_state_rows(self) -> int:
+        """Rows of each state tensor: running slots first, then snapshots."""
+        return self.num_state_slots + self.num_state_snapshots
 
     @property
     def paged_specs(self) -> tuple[CacheSpec, ...]:
@@ -160,7 +168,7 @@ class KVCacheConfig:
     @property
     def total_bytes(self) -> int:
         return (self.num_blocks * sum(s.page_size_bytes for s in self.paged_specs)
-                + self.num_state_slots * sum(s.page_size_bytes for s in self.state_specs))
+                + self.num_state_rows * sum(s.page_size_bytes for s in self.state_specs))
 
 
 def check_layer_specs(layer_specs: list[CacheSpec], registry: dict[str, type]) -> None:
@@ -178,8 +186,10 @@ def check_layer_specs(layer_specs: list[CacheSpec], registry: dict[str, type]) -
 
 
 def plan_kv_cache(layer_specs: list[CacheSpec], budget_bytes: int, max_num_seqs: int,
-                  num_blocks_override: int | None = None) -> KVCacheConfig:
-    """Split ``budget_bytes``: ``max_num_seqs`` state slots first, paged blocks get the rest.
+                  num_blocks_override: int | None = None,
+                  state_snapshots: bool = False) -> KVCacheConfig:
+    """Split ``budget_bytes``: ``max_num_seqs`` state slots first (and as many snapshot rows
+    with ``state_snapshots``, for prefix caching), paged blocks get the rest.
 
     All paged layers share block ids, so one block costs the sum of their page sizes.
     ``num_blocks_override`` fixes the block count (tests, benchmarks) and skips the budget.
@@ -189,7 +199,8 @@ def plan_kv_cache(layer_specs: list[CacheSpec], budget_bytes: int, max_num_seqs:
     paged = [s for s in layer_specs if s.is_paged]
     state = [s for s in layer_specs if not s.is_paged]
     num_slots = max_num_seqs if state else 0
-    state_bytes = num_slots * sum(s.page_size_bytes for s in state)
+    num_snapshots = num_slots if state_snapshots else 0
+    state_bytes = (num_slots + num_snapshots) * sum(s.page_size_bytes for s in state)
     if not paged:
         num_blocks = 0
     elif num_blocks_override is not None:
@@ -200,13 +211,15 @@ def plan_kv_cache(layer_specs: list[CacheSpec], budget_bytes: int, max_num_seqs:
         if num_blocks < 1:
             raise ValueError(
                 f"KV cache budget of {budget_bytes} bytes is too small: "
-                f"{state_bytes} bytes of per-request state for {num_slots} sequences, and one "
+                f"{state_bytes} bytes of per-request state for {num_slots} sequences "
+                f"({num_snapshots} prefix-cache snapshots), and one "
                 f"block across {len(paged)} layers needs {bytes_per_block} bytes. Raise the KV "
                 f"cache memory (kv_cache_memory / gpu_memory_utilization), or lower "
                 f"max_num_seqs, the model or the block size.")
     if state and num_blocks_override is None and state_bytes > budget_bytes:
         raise ValueError(
             f"KV cache budget of {budget_bytes} bytes cannot hold the per-request state of "
-            f"{num_slots} sequences ({state_bytes} bytes); lower max_num_seqs or raise the "
+            f"{num_slots} sequences and {num_snapshots} prefix-cache snapshots "
+            f"({state_bytes} bytes); lower max_num_seqs, disable prefix caching or raise the "
             f"KV cache memory")
-    return KVCacheConfig(tuple(layer_specs), num_blocks, num_slots)
+    return KVCacheConfig(tuple(layer_specs), num_blocks, num_slots, num_snapshots)

@@ -10,7 +10,10 @@ raises ``AssertionError`` naming what broke:
 - preempt: a preempted request (freed, ``num_computed_tokens`` reset) recomputes from the start
   and holds again what it held before;
 - prefix hit: a second request with a cached prefix reuses its blocks when the layers allow
-  it (paged only), and never when a state layer would miss the prefix's state.
+  it (paged only), and never when a state layer would miss the prefix's state;
+- state snapshots (state layers, prefix caching planned): a step crossing a block boundary is
+  trimmed to end on it, the state there is saved into a snapshot row after the step, and a
+  later request sharing the prefix hits up to it and gets the snapshot restored into its slot.
 """
 
 from __future__ import annotations
@@ -98,3 +101,37 @@ def check_cache_spec(layer_specs: Sequence[CacheSpec], block_size: int = 16,
     second.num_computed_tokens = second.num_tokens
     kv.free(second)
     assert _held(kv) == 0, "blocks still held after the prefix-hit request was freed"
+    if has_state:
+        _check_state_snapshots(layer_specs, block_size, max_num_seqs, num_blocks, prompt)
+
+
+def _check_state_snapshots(layer_specs: Sequence[CacheSpec], block_size: int,
+                           max_num_seqs: int, num_blocks: int, prompt: list[int]) -> None:
+    plan = plan_kv_cache(list(layer_specs), 0, max_num_seqs, num_blocks_override=num_blocks,
+                         state_snapshots=True)
+    assert plan.num_state_snapshots == max_num_seqs, "one snapshot row per state slot"
+    kv = KVCacheManager.from_config(plan, block_size)
+    boundary = (len(prompt) // block_size) * block_size
+    kv.begin_step()
+    first = _request("s1", prompt)
+    num_new = kv.snapshot_chunk(0, first.num_tokens)
+    assert num_new == boundary, f"a prefill of {first.num_tokens} trimmed to {num_new}"
+    assert kv.allocate_slots(first, num_new) is not None
+    first.num_computed_tokens = num_new
+    slot = kv.get_state_slot("s1")
+    restores, saves = kv.take_state_copies()
+    assert restores == [] and len(saves) == 1 and saves[0][0] == slot, f"saves {saves}"
+    row = saves[0][1]
+    assert plan.num_state_slots <= row < plan.num_state_rows, f"snapshot row {row}"
+    second = _request("s2", prompt + [7])
+    assert kv.get_computed_blocks(second)[1] == 0, "a snapshot is readable in its own step"
+    kv.begin_step()
+    hit_ids, num_hit = kv.get_computed_blocks(second)
+    assert num_hit == boundary, f"prefix hit of {num_hit} through the snapshot"
+    assert kv.allocate_slots(second, second.num_tokens - num_hit, hit_ids, num_hit) is not None
+    restores, _ = kv.take_state_copies()
+    assert restores == [(row, kv.get_state_slot("s2"))], f"restores {restores}"
+    for req in (first, second):
+        req.num_computed_tokens = req.num_tokens
+        kv.free(req)
+    assert _held(kv) == 0, "blocks still held after the snapshot requests were freed"

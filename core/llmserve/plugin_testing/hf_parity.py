@@ -52,9 +52,14 @@ def parity_prompts(vocab_size: int, lengths=(1, 5, 15, 16, 17, 33, 48, 70),
 
 
 def hf_greedy_reference(model_dir: str, prompts: list[list[int]], new_tokens: int = NEW_TOKENS,
-                        top: int = TOP) -> list[GreedyReference]:
+                        top: int = TOP, use_cache: bool = True) -> list[GreedyReference]:
     """Greedy continuations by HF transformers in float32, one prompt at a time, through its
-    own KV cache (so its sliding-window and other cache rules apply)."""
+    own KV cache (so its sliding-window and other cache rules apply).
+
+    ``use_cache=False`` runs the whole sequence again at every step instead: the reference
+    for models whose HF cache keyword differs between transformers releases (state-space
+    models: a cache passed under a name the release ignores silently drops the state).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -62,16 +67,20 @@ def hf_greedy_reference(model_dir: str, prompts: list[list[int]], new_tokens: in
     results = []
     with torch.no_grad():
         for prompt in prompts:
-            step_input, past = torch.tensor([prompt]), None
+            sequence, step_input, past = list(prompt), torch.tensor([prompt]), None
             tokens, tops = [], []
             for _ in range(new_tokens):
-                out = model(step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                if use_cache:
+                    out = model(step_input, past_key_values=past, use_cache=True)
+                    past = out.past_key_values
+                else:
+                    out = model(torch.tensor([sequence]), use_cache=False)
                 lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 best = torch.topk(lp, top)
                 nxt = int(best.indices[0])
                 tokens.append(nxt)
                 tops.append((best.indices.tolist(), best.values.tolist()))
+                sequence.append(nxt)
                 step_input = torch.tensor([[nxt]])
             results.append(GreedyReference(tokens, tops))
     return results

@@ -3,8 +3,9 @@
 A decode step launches a few hundred small kernels; at batch 1 launching them costs more
 than running them. Each captured graph replays the whole forward of a decode batch of one
 fixed size from static input buffers. A step of ``n`` requests uses the smallest captured
-size ``>= n``; the extra rows write their K/V into a scratch block that belongs to no request
-and their outputs are dropped. Prefill and mixed steps run eagerly.
+size ``>= n``; the extra rows write their K/V into a scratch block that belongs to no request,
+advance a scratch state row (models with per-request state layers) and their outputs are
+dropped. Prefill and mixed steps run eagerly.
 
 Capture and replay go through ``torch.cuda``, which ROCm builds of torch implement too (as
 HIP graphs), so every ``GpuPlatform`` (NVIDIA, AMD) shares this runner.
@@ -49,26 +50,34 @@ def padded_size(sizes: list[int], num_seqs: int) -> int | None:
     return sizes[i] if i < len(sizes) else None
 
 
+#: Rows of the staged decode inputs: ids, positions, cache slots, seq lens, state rows.
+STAGED_ROWS = 5
+
+
 def pad_inert(host: torch.Tensor, start: int, end: int, scratch_block: int,
-              block_size: int) -> None:
-    """Columns [start, end) of the staged inputs (rows: ids, positions, slots, seq lens)
-    become inert: one token at position 0 whose K/V lands in the scratch block."""
+              block_size: int, scratch_state_row: int = 0) -> None:
+    """Columns [start, end) of the staged inputs become inert: one token at position 0
+    whose K/V lands in the scratch block and whose state is the scratch state row."""
     host[:, start:end] = 0
     host[2, start:end] = scratch_block * block_size
     host[3, start:end] = 1
+    host[4, start:end] = scratch_state_row
 
 
 def stage_decode_inputs(host: torch.Tensor, step: StepBatch, size: int, scratch_block: int,
-                        block_size: int) -> None:
+                        block_size: int, state_slots=None, scratch_state_row: int = 0) -> None:
     """Write a decode step's inputs into the host staging buffer, padded to the captured
-    ``size``; one copy then moves all four rows to the graph's static inputs."""
+    ``size``; one copy then moves every row to the graph's static inputs. ``state_slots``:
+    each sequence's state slot (models with state layers)."""
     n = step.num_seqs
     host[0, :n] = torch.from_numpy(step.input_ids)
     host[1, :n] = torch.from_numpy(step.positions)
     host[2, :n] = torch.from_numpy(step.slots)
     host[3, :n] = torch.from_numpy(step.seq_lens)
+    if state_slots is not None:
+        host[4, :n] = torch.from_numpy(state_slots)
     if size > n:
-        pad_inert(host, n, size, scratch_block, block_size)
+        pad_inert(host, n, size, scratch_block, block_size, scratch_state_row)
 
 
 class GraphModelRunner(ModelRunner):
@@ -90,10 +99,14 @@ class GraphModelRunner(ModelRunner):
         super().profile_run(num_tokens, num_seqs)
 
     def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
-        # One block more than the scheduler knows of: padded graph rows write there.
-        super().initialize_kv_cache(dataclasses.replace(kv_config,
-                                                        num_blocks=kv_config.num_blocks + 1))
+        # One block, and one state row, more than the scheduler knows of: padded graph rows
+        # write there.
+        has_state = bool(kv_config.state_specs)
+        super().initialize_kv_cache(dataclasses.replace(
+            kv_config, num_blocks=kv_config.num_blocks + 1,
+            num_state_snapshots=kv_config.num_state_snapshots + int(has_state)))
         self.scratch_block = kv_config.num_blocks
+        self.scratch_state_row = kv_config.num_state_rows
 
     # ---- capture --------------------------------------------------------------------------
 
@@ -128,22 +141,26 @@ class GraphModelRunner(ModelRunner):
         self.sizes = capture_sizes(self.max_num_seqs)
         max_size = self.sizes[-1]
         max_blocks = self.batch.block_table.shape[1]
-        # Rows: input ids, positions, slots, seq lens (one host->device copy per step).
-        self.static = torch.zeros(4, max_size, dtype=torch.long, device=dev)
+        # Rows: STAGED_ROWS (one host->device copy per step).
+        self.static = torch.zeros(STAGED_ROWS, max_size, dtype=torch.long, device=dev)
         # Two pinned staging buffers used in turn: with asynchronous scheduling the host fills
         # step N+1's while step N's copy may still be queued on the device.
-        self.staging = [self.platform.host_buffer((4, max_size), torch.long) for _ in range(2)]
+        self.staging = [self.platform.host_buffer((STAGED_ROWS, max_size), torch.long)
+                        for _ in range(2)]
         self.static_host = self.staging[0]
         self.query_start_loc = torch.arange(max_size + 1, dtype=torch.long, device=dev)
         self.query_lens = torch.ones(max_size, dtype=torch.long, device=dev)
         self.block_tables = torch.full((max_size, max_blocks), self.scratch_block,
                                        dtype=torch.long, device=dev)
         for buf in self.staging:
-            pad_inert(buf, 0, max_size, self.scratch_block, self.block_size)
+            pad_inert(buf, 0, max_size, self.scratch_block, self.block_size,
+                      self.scratch_state_row)
+        self.static[4] = self.scratch_state_row
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
             md = self._static_metadata(size)
-            fctx = ForwardContext(md, self.kv_caches)
+            fctx = ForwardContext(md, self.kv_caches,
+                                  self.static[4, :size] if self.has_state_layers else None)
             ids, pos = self.static[0, :size], self.static[1, :size]
             for _ in range(2):  # compile kernels and settle allocations outside the capture
                 self.model(ids, pos, fctx)
@@ -167,7 +184,9 @@ class GraphModelRunner(ModelRunner):
         self.static_host = self.staging[1] if self.static_host is self.staging[0] \
             else self.staging[0]
         host = self.static_host
-        stage_decode_inputs(host, step, size, self.scratch_block, self.block_size)
+        stage_decode_inputs(host, step, size, self.scratch_block, self.block_size,
+                            self.batch.state_slot[step.rows] if self.has_state_layers else None,
+                            self.scratch_state_row)
         self.static[:, :size].copy_(host[:, :size], non_blocking=True)
         self._fill_pending_inputs(self.static[0, :size], step)
         nb = int(-(-int(step.seq_lens.max()) // self.block_size))

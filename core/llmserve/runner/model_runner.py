@@ -90,6 +90,7 @@ class ModelRunner(ModelRunnerBase):
         self.kv_caches: list = []
         #: Whether the model has per-request state layers (the forward then gets slots).
         self.has_state_layers = False
+        self.state_tensors: list[torch.Tensor] = []
 
     def load_model(self) -> None:
         """Seed torch (dummy weights and unseeded sampling draw from it), then build the model
@@ -110,7 +111,8 @@ class ModelRunner(ModelRunnerBase):
 
     def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
         """Allocate every layer's cache as the plan says: paged K/V per attention layer (in
-        the backend's layout), ``[num_state_slots, *shape]`` tensors per state layer."""
+        the backend's layout), ``[num_state_rows, *shape]`` tensors per state layer (running
+        slots, then prefix-cache snapshots)."""
         # Zero-filled: masked-out slots are multiplied by zero weights, and stale finite values
         # are harmless where uninitialised memory could hold NaN.
         caches = []
@@ -120,11 +122,14 @@ class ModelRunner(ModelRunnerBase):
                                                          spec.num_kv_heads, spec.head_size)
                 caches.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
             else:
-                caches.append([torch.zeros((kv_config.num_state_slots, *shape),
+                caches.append([torch.zeros((kv_config.num_state_rows, *shape),
                                            dtype=self.dtype, device=self.device)
                                for shape in spec.shapes])
         self.kv_caches = caches
         self.has_state_layers = bool(kv_config.state_specs)
+        #: Every state tensor of every state layer, for the snapshot copies.
+        self.state_tensors = [t for spec, cache in zip(kv_config.layer_specs, caches)
+                              if not spec.is_paged for t in cache]
 
     def warm_up(self) -> None:
         """Called once after the KV cache exists, before serving; platform runners capture
@@ -253,6 +258,15 @@ class ModelRunner(ModelRunnerBase):
             slots = self.upload(self.batch.state_slot[step.rows])
         return ForwardContext(md, self.kv_caches, slots)
 
+    def _copy_state_rows(self, copies: list[tuple[int, int]]) -> None:
+        """Copy rows ``src -> dst`` in every state tensor (prefix-cache snapshots), queued on
+        the device in order with the forward."""
+        if not copies:
+            return
+        src, dst = self.upload(np.array(copies, dtype=np.int64).T)
+        for tensor in self.state_tensors:
+            tensor.index_copy_(0, dst, tensor.index_select(0, src))
+
     def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput | CompletedStep":
         """Launch the step and return before its sampled tokens reach the host.
 
@@ -270,7 +284,9 @@ class ModelRunner(ModelRunnerBase):
         batch = self.batch
         dev = self.device
         step = self._step_batch(so, req_ids)
+        self._copy_state_rows(so.state_restores)
         hidden = self.run_model(step)
+        self._copy_state_rows(so.state_saves)
         rows, cu, seq_lens = step.rows, step.cu, step.seq_lens
 
         # Requests whose computed tokens reach everything known sample a token this step.

@@ -56,6 +56,11 @@ class SchedulerOutput:
     #: Requests that sample a constrained token this step, in scheduling order: the runner
     #: holds their sampling until it gets the step's ``GrammarBitmask`` (rows in this order).
     grammar_req_ids: list[str] = field(default_factory=list)
+    #: (source row, destination row) copies in every state layer's tensors: snapshots
+    #: restored into admitted requests' slots before the forward, and slots saved as
+    #: snapshots after it (prefix caching with state layers; see kv_cache.state_snapshots).
+    state_restores: list[tuple[int, int]] = field(default_factory=list)
+    state_saves: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

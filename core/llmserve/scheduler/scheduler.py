@@ -188,6 +188,7 @@ class Scheduler:
         if self.awaiting_grammar:
             self._queue_compiled(block=not self.running and not len(self.policy))
         kv = self.kv_cache_manager
+        kv.begin_step()
         ctx = self.scheduling_context()
         budget = self.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
@@ -205,6 +206,7 @@ class Scheduler:
             num_new = request.num_tokens + placeholders - request.num_computed_tokens
             if num_new > budget:
                 num_new = budget
+            num_new = kv.snapshot_chunk(request.num_computed_tokens, num_new)
             if num_new <= 0 or (placeholders and request.num_output_tokens + placeholders
                                 >= request.max_tokens):
                 # Nothing to compute, or the tokens in flight already end the request.
@@ -253,6 +255,7 @@ class Scheduler:
             num_computed_tokens=[v[1] for v in values],
         )
         finished, self.finished_req_ids = self.finished_req_ids, set()
+        restores, saves = kv.take_state_copies()
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached,
@@ -261,6 +264,8 @@ class Scheduler:
             finished_req_ids=finished,
             preempted_req_ids=preempted,
             grammar_req_ids=grammar_req_ids,
+            state_restores=restores,
+            state_saves=saves,
         )
 
     def _admit_waiting(
@@ -284,7 +289,8 @@ class Scheduler:
                 if not self.enable_chunked_prefill:
                     break
                 num_new = budget
-            new_ids = kv.allocate_slots(request, num_new, hit_ids)
+            num_new = kv.snapshot_chunk(num_hit, num_new)
+            new_ids = kv.allocate_slots(request, num_new, hit_ids, num_hit)
             if new_ids is None:
                 break
             policy.pop(ctx)

@@ -1,0 +1,1 @@
+"""Model classes contributed through ``llmserve_model_architectures``, one module per family."""
