@@ -131,15 +131,18 @@ def check_kernels(out_dir: str) -> dict:
         y_r = run_ref()
         err = (y_t.float() - y_r.float()).abs().max().item()
         serr = max((a.float() - s.float()).abs().max().item() for a, s in zip(after_t, states))
+        # Relative to the largest value compared: bf16 rounds values of hundreds by units.
+        rel = max(err / max(y_r.float().abs().max().item(), 1e-6),
+                  max(serr / max(s.float().abs().max().item(), 1e-6) for s in states))
         for s, b in zip(states, before):
             s.copy_(b)
         t_tri = _timed(run_tri)
         for s, b in zip(states, before):
             s.copy_(b)
         t_ref = _timed(run_ref, repeats=3)
-        report[name] = dict(max_err=err, state_max_err=serr, triton_us=t_tri * 1e6,
-                            torch_us=t_ref * 1e6)
-        log(out_dir, f"  {name:28s} err {err:.3g} state err {serr:.3g}  triton "
+        report[name] = dict(max_err=err, state_max_err=serr, rel_err=rel,
+                            triton_us=t_tri * 1e6, torch_us=t_ref * 1e6)
+        log(out_dir, f"  {name:24s} err {err:.3g} state err {serr:.3g} rel {rel:.2g} triton "
                      f"{t_tri * 1e6:9.1f} us  torch {t_ref * 1e6:10.1f} us")
 
     x = torch.randn(T, conv_dim, device=dev, dtype=dt)
@@ -383,9 +386,8 @@ def main() -> None:
         try:
             if phase == "kernels":
                 results[phase] = check_kernels(args.out)
-                worst = max(max(r["max_err"], r["state_max_err"])
-                            for r in results[phase].values())
-                if worst > 0.5:
+                worst = max(r["rel_err"] for r in results[phase].values())
+                if worst > 0.05:
                     raise RuntimeError(f"Triton kernels disagree with the reference by {worst}")
             elif phase == "parity":
                 results[phase] = check_parity(args.out, parity_shapes, lengths)
