@@ -7,6 +7,9 @@ layer has the gated MLP. ``time_step_limit`` is tight enough that the step-size 
 from __future__ import annotations
 
 import pytest
+from engine_features import (check_n_and_seeds_reproduce, check_next_turn_hits_decode_snapshot,
+                             check_preemption_recomputes_the_same_tokens,
+                             check_prefix_hits_match_misses)
 from model_testutil import VOCAB, assert_hf_parity, parity_prompts, save_tiny
 from transformers import BambaConfig, BambaForCausalLM
 
@@ -32,3 +35,23 @@ def test_hf_parity_forced_chunked_prefill(bamba_dir):
     assert_hf_parity(bamba_dir, parity_prompts((5, 64, 100, 33)),
                      max_num_batched_tokens=24, enable_chunked_prefill=True, max_num_seqs=4,
                      skip_tokenizer_init=True)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_prefix_hits_match_misses(bamba_dir, async_scheduling):
+    # A hit needs the attention layers' blocks and the Mamba layers' snapshot of one prefix.
+    check_prefix_hits_match_misses(bamba_dir, async_scheduling=async_scheduling,
+                                   skip_tokenizer_init=True)
+
+
+def test_next_turn_hits_decode_snapshot(bamba_dir):
+    check_next_turn_hits_decode_snapshot(bamba_dir, skip_tokenizer_init=True)
+
+
+def test_n_and_seeds_reproduce(bamba_dir):
+    check_n_and_seeds_reproduce(bamba_dir, skip_tokenizer_init=True)
+
+
+def test_preemption_recomputes_the_same_tokens(bamba_dir):
+    # Four requests of 73-100 prompt + 24 new tokens in 12 blocks of 16: preemption is certain.
+    check_preemption_recomputes_the_same_tokens(bamba_dir, num_blocks=12, skip_tokenizer_init=True)

@@ -11,6 +11,7 @@ from llmserve import LLM
 from llmserve.plugin_testing.hf_parity import greedy_params
 from llmserve_ssm.layers.mamba import MambaDims, MambaMixer
 from llmserve_ssm.layers.step import MambaStep, kernels_for
+from engine_features import check_n_and_seeds_reproduce, check_prefix_hits_match_misses
 from model_testutil import VOCAB, assert_hf_parity, parity_prompts, randomize_
 from safetensors.torch import load_file, save_file
 from ssm_testutil import assert_close, cu_seqlens_of
@@ -126,3 +127,11 @@ def test_decode_steps_match_one_prefill():
                                                     fresh_caches()[0])):
         assert_close(got, want, f"mamba mixer decode, state {kind}")
         assert torch.equal(got[1], garbage[1])
+
+
+def test_prefix_hits_match_misses(mamba_dir):
+    check_prefix_hits_match_misses(mamba_dir)
+
+
+def test_n_and_seeds_reproduce(mamba_dir):
+    check_n_and_seeds_reproduce(mamba_dir)

@@ -7,6 +7,9 @@ layer numbers. ``time_step_min`` is high enough that HF's step-size floor binds.
 from __future__ import annotations
 
 import pytest
+from engine_features import (check_n_and_seeds_reproduce, check_next_turn_hits_decode_snapshot,
+                             check_preemption_recomputes_the_same_tokens,
+                             check_prefix_hits_match_misses)
 from model_testutil import VOCAB, assert_hf_parity, parity_prompts, save_tiny
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
@@ -33,3 +36,23 @@ def test_hf_parity_forced_chunked_prefill(nemotron_h_dir):
     assert_hf_parity(nemotron_h_dir, parity_prompts((5, 64, 100, 33)),
                      max_num_batched_tokens=24, enable_chunked_prefill=True, max_num_seqs=4,
                      skip_tokenizer_init=True)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_prefix_hits_match_misses(nemotron_h_dir, async_scheduling):
+    # A hit needs the attention layers' blocks and the Mamba layers' snapshot of one prefix.
+    check_prefix_hits_match_misses(nemotron_h_dir, async_scheduling=async_scheduling,
+                                   skip_tokenizer_init=True)
+
+
+def test_next_turn_hits_decode_snapshot(nemotron_h_dir):
+    check_next_turn_hits_decode_snapshot(nemotron_h_dir, skip_tokenizer_init=True)
+
+
+def test_n_and_seeds_reproduce(nemotron_h_dir):
+    check_n_and_seeds_reproduce(nemotron_h_dir, skip_tokenizer_init=True)
+
+
+def test_preemption_recomputes_the_same_tokens(nemotron_h_dir):
+    # Four requests of 73-100 prompt + 24 new tokens in 12 blocks of 16: preemption is certain.
+    check_preemption_recomputes_the_same_tokens(nemotron_h_dir, num_blocks=12, skip_tokenizer_init=True)
