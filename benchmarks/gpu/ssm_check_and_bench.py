@@ -349,7 +349,7 @@ def bench(out_dir: str, shapes: dict, num_prompts: int, hf_batch: int) -> dict:
         _free()
 
         hf = build_hf_model(dict(shape), None, torch.bfloat16, DEV)
-        hf_prompts = prompts[: min(len(prompts), hf_batch * 2)]
+        hf_prompts = prompts[:hf_batch]
         peer = run_hf_generate(hf, hf_prompts, 128, "throughput", hf_batch)
         hf_one = run_hf_generate(hf, prompts[:1], 32, "latency", 1)
         del hf
@@ -368,7 +368,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu_out")
     ap.add_argument("--phases", default="kernels,parity,bench")
-    ap.add_argument("--num-prompts", type=int, default=512)
+    ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--hf-batch", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny shapes (CPU)")
     args = ap.parse_args()
