@@ -68,7 +68,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _sync() -> None:
     if DEV == "cuda":
-        _sync()
+        torch.cuda.synchronize()
 
 
 def _free() -> None:
