@@ -125,7 +125,8 @@ def test_ssd_chunked_equals_sequential_oracle(num_heads, n_groups, D_per_channel
 
 @torch.no_grad()
 def test_ssd_oracle_by_hand():
-    """One head, head_dim 1, d_state 1, no bias/softplus: h = exp(dt A) h + dt x B, y = C h + D x."""
+    """One head, head_dim 1, d_state 1, no bias or softplus:
+    h = exp(dt A) h + dt x B, y = C h + D x."""
     x = torch.tensor([1.0, 2.0, -1.0]).reshape(3, 1, 1)
     dt = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1)
     A = torch.tensor([-math.log(2.0)])  # exp(dt A) = 2 ** -dt

@@ -13,9 +13,9 @@ full attention, those behind the window for sliding-window attention); state lay
 slot per running request (``StateSlotPool``), and with prefix caching, snapshots of those states
 at block boundaries (``StateSnapshotCache``): a prefix hit on a model with state layers is
 cut back to the longest prefix whose state was kept, and that state is copied into the
-request's slot before its first step (``take_state_copies``). A freed leading block leaves a hole in the table
-(``None`` here, ``NULL_BLOCK_ID`` towards the runner): positions keep their table index, and
-no kernel reads behind its window.
+request's slot before its first step (``take_state_copies``). A freed leading block leaves a
+hole in the table (``None`` here, ``NULL_BLOCK_ID`` towards the runner): positions keep their
+table index, and no kernel reads behind its window.
 
 Plain ints and lists only: no torch, so the scheduler and this can be tested alone.
 """
