@@ -7,13 +7,12 @@ not its layer number). Bamba rotates only the first half of each head (``partial
 NemotronH has no positional encoding in attention at all (the Mamba layers order the tokens).
 
 The checkpoints keep q, k and v apart; ``qkv_proj`` holds them in one matmul, and
-``load_fused_by_name`` loads them (and any other fused projection) through the fused layer's
+``models.weights.load_by_name`` loads them (and any other fused projection) through the fused layer's
 ``weight_loader`` with a shard id.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,7 +22,6 @@ from llmserve.kv_cache.spec import FullAttentionSpec
 from llmserve.layers.linear import QKVParallelLinear, RowParallelLinear
 from llmserve.layers.rotary import RotaryEmbedding
 from llmserve.models.base import ModelBuildContext
-from llmserve_ssm.models.weights import load_by_name
 
 #: checkpoint name fragment -> (fused parameter fragment, shard id)
 QKV_SHARDS = {
@@ -82,32 +80,3 @@ class HybridAttention(nn.Module):
         q_rot, k_rot = self.rotary(positions, q[..., :rot].contiguous(),
                                    k[..., :rot].contiguous())
         return torch.cat([q_rot, q[..., rot:]], dim=-1), torch.cat([k_rot, k[..., rot:]], dim=-1)
-
-
-def load_fused_by_name(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                       rename: Callable[[str], str | None],
-                       fused: dict[str, tuple[str, str | int]]) -> set[str]:
-    """``load_by_name``, except that a tensor whose renamed name contains a key of ``fused``
-    goes into the fused parameter that key maps to, through its ``weight_loader`` with the
-    shard id. Returns every parameter loaded."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded: set[str] = set()
-
-    def unfused() -> Iterable[tuple[str, torch.Tensor]]:
-        for ckpt_name, tensor in weights:
-            name = rename(ckpt_name)
-            if name is None:
-                continue
-            piece = next((p for p in fused if p in name), None)
-            if piece is None:
-                yield name, tensor
-                continue
-            target, shard_id = fused[piece]
-            name = name.replace(piece, target)
-            param = params.get(name)
-            if param is None:
-                raise KeyError(f"checkpoint tensor {ckpt_name!r} has no matching parameter")
-            param.weight_loader(param, tensor, shard_id)
-            loaded.add(name)
-
-    return load_by_name(model, unfused()) | loaded

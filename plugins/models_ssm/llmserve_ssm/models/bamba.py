@@ -26,10 +26,11 @@ from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from llmserve.layers.norm import RMSNorm
 from llmserve.layers.rotary import get_rope
 from llmserve.models.base import ModelBuildContext, rope_settings
-from llmserve_ssm.layers.attention import QKV_SHARDS, HybridAttention, load_fused_by_name
+from llmserve_ssm.layers.attention import QKV_SHARDS, HybridAttention
 from llmserve_ssm.layers.mamba2 import Mamba2Dims, Mamba2Mixer, time_step_limit
 from llmserve_ssm.layers.mlp import GATE_UP_SHARDS, GatedSiluMLP
 from llmserve_ssm.layers.step import MambaStep
+from llmserve_ssm.models.weights import load_by_name
 
 #: HF's ``BambaConfig`` default when ``rope_parameters`` has no ``partial_rotary_factor``.
 DEFAULT_PARTIAL_ROTARY_FACTOR = 0.5
@@ -165,4 +166,4 @@ class BambaForCausalLM(nn.Module):
                 return None
             return name
 
-        return load_fused_by_name(self, weights, rename, {**QKV_SHARDS, **GATE_UP_SHARDS})
+        return load_by_name(self, weights, rename, {**QKV_SHARDS, **GATE_UP_SHARDS})

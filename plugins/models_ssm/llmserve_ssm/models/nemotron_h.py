@@ -28,10 +28,11 @@ from llmserve.attention.backend import ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from llmserve.models.base import ModelBuildContext
-from llmserve_ssm.layers.attention import QKV_SHARDS, HybridAttention, load_fused_by_name
+from llmserve_ssm.layers.attention import QKV_SHARDS, HybridAttention
 from llmserve_ssm.layers.mamba2 import Mamba2Dims, Mamba2Mixer
 from llmserve_ssm.layers.mlp import Relu2MLP
 from llmserve_ssm.layers.step import MambaStep
+from llmserve_ssm.models.weights import load_by_name
 
 MAMBA, ATTENTION, MLP = "linear_attention", "full_attention", "mlp"
 #: ``hybrid_override_pattern`` characters and transformers 4 kind names -> kind.
@@ -183,4 +184,4 @@ class NemotronHForCausalLM(nn.Module):
                 return None
             return "model." + name[len("backbone."):] if name.startswith("backbone.") else name
 
-        return load_fused_by_name(self, weights, rename, QKV_SHARDS)
+        return load_by_name(self, weights, rename, QKV_SHARDS)
