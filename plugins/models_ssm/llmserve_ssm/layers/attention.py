@@ -7,8 +7,8 @@ not its layer number). Bamba rotates only the first half of each head (``partial
 NemotronH has no positional encoding in attention at all (the Mamba layers order the tokens).
 
 The checkpoints keep q, k and v apart; ``qkv_proj`` holds them in one matmul, and
-``models.weights.load_by_name`` loads them (and any other fused projection) through the fused layer's
-``weight_loader`` with a shard id.
+``models.weights.load_by_name`` loads them (and any other fused projection) through the fused
+layer's ``weight_loader`` with a shard id (``QKV_SHARDS``).
 """
 
 from __future__ import annotations
