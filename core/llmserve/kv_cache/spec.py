@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 
+#: The dtypes a state tensor may be kept in, and their sizes.
+STATE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     """What one layer needs cached. Frozen so specs compare by value and can be dict keys.
@@ -105,8 +109,10 @@ class PerRequestStateSpec(CacheSpec):
     """A fixed-size state per running request (Mamba conv + SSM state, ...).
 
     ``shapes`` are the state tensors of ONE request in ONE layer (e.g. the conv state and the
-    SSM state), each stored ``dtype_bytes`` per element; the runner allocates each as
-    ``[num_state_slots, *shape]``. The footprint never grows with the sequence.
+    SSM state); the runner allocates each as ``[num_state_rows, *shape]``, in the model's
+    dtype (``dtype_bytes`` per element) unless ``dtypes`` names another for that tensor
+    (``"float32"``: an SSM state kept in full precision under a bf16 model, as
+    ``mamba_ssm_cache_dtype`` asks). The footprint never grows with the sequence.
     """
 
     kind: ClassVar[str] = "per_request_state"
@@ -114,6 +120,9 @@ class PerRequestStateSpec(CacheSpec):
 
     shapes: tuple[tuple[int, ...], ...]
     dtype_bytes: int
+    #: Per tensor of ``shapes``: a dtype name of ``STATE_DTYPE_BYTES``, or None for the
+    #: model's dtype; empty: every tensor in the model's dtype. Added in plugin API 1.3.
+    dtypes: tuple[str | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.shapes or any(not s or min(s) < 1 for s in self.shapes):
@@ -122,10 +131,20 @@ class PerRequestStateSpec(CacheSpec):
         if self.dtype_bytes < 1:
             raise ValueError(
                 f"{type(self).__name__}.dtype_bytes must be >= 1, got {self.dtype_bytes}")
+        if self.dtypes and (len(self.dtypes) != len(self.shapes) or any(
+                d is not None and d not in STATE_DTYPE_BYTES for d in self.dtypes)):
+            raise ValueError(f"{type(self).__name__}.dtypes must name one dtype (one of "
+                             f"{sorted(STATE_DTYPE_BYTES)}, or None) per shape, got "
+                             f"{self.dtypes} for {len(self.shapes)} shapes")
+
+    def tensor_dtypes(self) -> tuple[str | None, ...]:
+        """Each state tensor's dtype name, None for the model's."""
+        return self.dtypes or (None,) * len(self.shapes)
 
     @property
     def state_bytes(self) -> int:
-        return sum(math.prod(s) for s in self.shapes) * self.dtype_bytes
+        return sum(math.prod(shape) * (self.dtype_bytes if d is None else STATE_DTYPE_BYTES[d])
+                   for shape, d in zip(self.shapes, self.tensor_dtypes()))
 
     @property
     def page_size_bytes(self) -> int:

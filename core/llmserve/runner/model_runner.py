@@ -123,8 +123,9 @@ class ModelRunner(ModelRunnerBase):
                 caches.append(torch.zeros(shape, dtype=self.dtype, device=self.device))
             else:
                 caches.append([torch.zeros((kv_config.num_state_rows, *shape),
-                                           dtype=self.dtype, device=self.device)
-                               for shape in spec.shapes])
+                                           dtype=self.dtype if name is None
+                                           else getattr(torch, name), device=self.device)
+                               for shape, name in zip(spec.shapes, spec.tensor_dtypes())])
         self.kv_caches = caches
         self.has_state_layers = bool(kv_config.state_specs)
         #: Every state tensor of every state layer, for the snapshot copies.

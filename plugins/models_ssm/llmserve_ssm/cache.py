@@ -23,7 +23,17 @@ class MambaStateSpec(PerRequestStateSpec):
 
 
 def mamba_state_spec(conv_kernel: int, conv_dim: int, ssm_shape: tuple[int, ...],
-                     dtype_bytes: int) -> MambaStateSpec:
-    """The spec of one Mamba layer; the conv state keeps the last ``conv_kernel - 1`` inputs."""
+                     dtype_bytes: int, ssm_dtype: str | None = None) -> MambaStateSpec:
+    """The spec of one Mamba layer; the conv state keeps the last ``conv_kernel - 1`` inputs.
+    ``ssm_dtype`` keeps the SSM state in another dtype than the model's (``"float32"``)."""
     return MambaStateSpec(shapes=((conv_kernel - 1, conv_dim), tuple(ssm_shape)),
-                          dtype_bytes=dtype_bytes)
+                          dtype_bytes=dtype_bytes,
+                          dtypes=(None, ssm_dtype) if ssm_dtype else ())
+
+
+def ssm_state_dtype(cfg: dict, model_dtype_name: str) -> str | None:
+    """The HF config's ``mamba_ssm_cache_dtype`` when it differs from the model's dtype."""
+    name = cfg.get("mamba_ssm_cache_dtype")
+    if name in (None, "auto", model_dtype_name):
+        return None
+    return str(name).replace("torch.", "")

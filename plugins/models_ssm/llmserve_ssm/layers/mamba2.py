@@ -37,6 +37,8 @@ class Mamba2Dims:
     use_conv_bias: bool = True
     use_bias: bool = False
     dt_limit: tuple[float, float] = (0.0, math.inf)
+    #: The SSM state's dtype name when it differs from the model's (``mamba_ssm_cache_dtype``).
+    ssm_state_dtype: str | None = None
 
     @property
     def d_inner(self) -> int:
@@ -81,7 +83,7 @@ class Mamba2Mixer(nn.Module):
     def cache_spec(self) -> MambaStateSpec:
         d = self.dims
         return mamba_state_spec(d.conv_kernel, d.conv_dim, (d.num_heads, d.head_dim, d.d_state),
-                                self.state_dtype_bytes)
+                                self.state_dtype_bytes, d.ssm_state_dtype)
 
     def forward(self, hidden: torch.Tensor, kv_caches: list, step: MambaStep) -> torch.Tensor:
         d, k = self.dims, step.kernels

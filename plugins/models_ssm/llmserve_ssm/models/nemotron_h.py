@@ -28,6 +28,7 @@ from llmserve.attention.backend import ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from llmserve.models.base import ModelBuildContext
+from llmserve_ssm.cache import ssm_state_dtype
 from llmserve_ssm.layers.attention import QKV_SHARDS, HybridAttention
 from llmserve_ssm.layers.mamba2 import Mamba2Dims, Mamba2Mixer
 from llmserve_ssm.layers.mlp import Relu2MLP
@@ -58,8 +59,10 @@ def _key(cfg: dict[str, Any], name: str, legacy: str, default: Any) -> Any:
     return cfg[legacy] if legacy in cfg else cfg.get(name, default)
 
 
-def nemotron_h_mamba_dims(cfg: dict[str, Any]) -> Mamba2Dims:
-    return Mamba2Dims(hidden_size=cfg["hidden_size"], num_heads=cfg.get("mamba_num_heads", 128),
+def nemotron_h_mamba_dims(cfg: dict[str, Any], dtype: torch.dtype) -> Mamba2Dims:
+    """The mixer's sizes; the SSM state in ``mamba_ssm_cache_dtype`` (HF's default: fp32)."""
+    return Mamba2Dims(ssm_state_dtype=ssm_state_dtype(cfg, str(dtype).removeprefix("torch.")),
+                      hidden_size=cfg["hidden_size"], num_heads=cfg.get("mamba_num_heads", 128),
                       head_dim=cfg.get("mamba_head_dim", 64),
                       n_groups=_key(cfg, "n_groups", "mamba_n_groups", 8),
                       d_state=cfg.get("ssm_state_size", 128),
@@ -103,7 +106,7 @@ class NemotronHBlock(nn.Module):
         self.kind = kind
         self.norm = NemotronHRMSNorm(hidden, cfg.get("layer_norm_epsilon", 1e-5), ctx.dtype)
         if kind == MAMBA:
-            self.mixer = Mamba2Mixer(nemotron_h_mamba_dims(cfg), cache_index, ctx.dtype,
+            self.mixer = Mamba2Mixer(nemotron_h_mamba_dims(cfg, ctx.dtype), cache_index, ctx.dtype,
                                      ctx.linear_method)
         elif kind == ATTENTION:
             self.mixer = HybridAttention(hidden, cfg["num_attention_heads"],
