@@ -4,6 +4,9 @@ and the engine features that must keep it exact (``engine_features``)."""
 from __future__ import annotations
 
 import pytest
+from llmserve import LLM, SamplingParams
+from llmserve.config import EngineArgs
+from llmserve.engine.llm_engine import LLMEngine
 from engine_features import (check_n_and_seeds_reproduce, check_next_turn_hits_decode_snapshot,
                              check_preemption_recomputes_the_same_tokens,
                              check_prefix_hits_match_misses)
@@ -48,3 +51,37 @@ def test_preemption_recomputes_the_same_tokens(hybrid, tiny_dirs):
     # Four requests of 73-100 prompt + 24 new tokens in 12 blocks of 16: preemption is certain.
     check_preemption_recomputes_the_same_tokens(tiny_dirs(hybrid), num_blocks=12,
                                                 **NO_TOKENIZER)
+
+
+def test_state_slots_come_back_on_finish_and_abort(arch_dir):
+    """Every slot is free again once requests finish or are aborted mid-decode, and a new
+    request in a reused slot (restoring a snapshot the aborted ones left) decodes as in a
+    fresh engine."""
+    engine = LLMEngine(EngineArgs(model=arch_dir, dtype="float32", max_num_seqs=3,
+                                  **NO_TOKENIZER))
+    slots = engine.core.kv_manager.state_slots
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    for i, n in enumerate((7, 30, 12)):
+        engine.add_request(f"r{i}", list(range(5, 5 + n)), params)
+    for _ in range(4):
+        engine.step()
+    assert slots.num_free_slots == 0
+    engine.abort_request(["r0", "r2"])
+    engine.step()
+    assert slots.num_free_slots == 2
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert slots.num_free_slots == 3
+    fresh = _tokens(arch_dir, [list(range(5, 35))])
+    engine.add_request("again", list(range(5, 35)), params)
+    outs = []
+    while engine.has_unfinished_requests():
+        outs += engine.step()
+    assert [o.outputs[0].token_ids for o in outs if o.finished] == fresh
+
+
+def _tokens(model_dir: str, prompts) -> list[list[int]]:
+    outs = LLM(model_dir, dtype="float32", **NO_TOKENIZER).generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    return [o.outputs[0].token_ids for o in outs]
