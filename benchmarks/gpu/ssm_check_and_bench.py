@@ -11,6 +11,7 @@ Phases:
 - ``parity``: the engine (bf16, Triton kernels, CUDA graphs) against HF transformers (bf16,
   its torch path) on random weights of a Mamba2 and a hybrid (Bamba) shape: greedy tokens
   with top-5 logprobs; a divergence counts only where both tokens sit in each other's top 5.
+- ``decode``: batch-1 decode alone (as in ``bench``), without the peers.
 - ``bench``: throughput (random prompts, 128 in / 128 out) of llmserve and of HF
   ``generate`` (batched, same weights shape, same card), and batch-1 decode tok/s with the
   bandwidth ceiling (bytes read per token: weights + one sequence's states).
@@ -297,6 +298,45 @@ def _shape_dir(shape: dict) -> str:
     return path
 
 
+def batch1_decode_tok_s(llm, prompt) -> float:
+    """Decode speed of one request: 1 prompt, 256 new tokens, minus the time to the first
+    token; each timed once warm (the first run of a shape compiles kernels), median of 3."""
+    from llmserve import SamplingParams
+
+    one = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True, detokenize=False)
+    first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True, detokenize=False)
+
+    def timed(params) -> float:
+        _sync()
+        t0 = time.perf_counter()
+        llm.generate([prompt], params, use_tqdm=False)
+        _sync()
+        return time.perf_counter() - t0
+
+    timed(first), timed(one)
+    t_first = sorted(timed(first) for _ in range(3))[1]
+    t_one = sorted(timed(one) for _ in range(3))[1]
+    return 255 / (t_one - t_first)
+
+
+def decode_only(out_dir: str, shapes: dict) -> dict:
+    """Batch-1 decode alone (the ``decode`` phase), for a rerun without the peers."""
+    from llmserve import LLM
+    from llmserve.bench.offline import random_prompts
+
+    report = {}
+    for name, shape in shapes.items():
+        llm = LLM(_shape_dir(shape), load_format="dummy", dtype="bfloat16", max_model_len=512,
+                  max_num_seqs=256, gpu_memory_utilization=0.85, skip_tokenizer_init=True)
+        tok_s = batch1_decode_tok_s(llm, random_prompts(1, 128, shape["vocab_size"])[0])
+        report[name] = dict(batch1_decode_tok_s=tok_s,
+                            cuda_graphs=len(getattr(llm.llm_engine.core.runner, "graphs", {})))
+        log(out_dir, f"  {name}: batch-1 decode {tok_s:.0f} tok/s")
+        del llm
+        _free()
+    return report
+
+
 def bench(out_dir: str, shapes: dict, num_prompts: int, hf_batch: int) -> dict:
     from llmserve import LLM, SamplingParams
     from llmserve.bench.offline import build_hf_model, random_prompts, run_hf_generate
@@ -322,17 +362,7 @@ def bench(out_dir: str, shapes: dict, num_prompts: int, hf_batch: int) -> dict:
         ours = dict(output_tok_s=out_tokens / elapsed, elapsed_s=elapsed,
                     requests=len(prompts), failed=sum(len(o.outputs[0].token_ids) != 128
                                                       for o in outs))
-        # Batch-1 decode: 1 prompt of 128, 256 new tokens, minus the time to the first.
-        one = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True, detokenize=False)
-        first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True, detokenize=False)
-        times = []
-        for p in (first, one):
-            _sync()
-            t0 = time.perf_counter()
-            llm.generate(prompts[:1], p, use_tqdm=False)
-            _sync()
-            times.append(time.perf_counter() - t0)
-        decode_tok_s = 255 / (times[1] - times[0])
+        decode_tok_s = batch1_decode_tok_s(llm, prompts[0])
         model = core.runner.model
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         plan = core.kv_cache_config
@@ -397,6 +427,8 @@ def main() -> None:
                 results[phase] = check_parity(args.out, parity_shapes, lengths)
             elif phase == "bench":
                 results[phase] = bench(args.out, shapes, args.num_prompts, args.hf_batch)
+            elif phase == "decode":
+                results[phase] = decode_only(args.out, shapes)
         except Exception as exc:  # one phase failing must not lose the others' figures
             import traceback
 
