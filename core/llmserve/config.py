@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -76,11 +77,42 @@ class StructuredOutputsConfig(_Frozen):
     backend: str = "auto"
 
 
+class SpeculativeConfig(_Frozen):
+    """Speculative decoding, with vLLM's names (``--speculative-config '{"method": ...}'``)."""
+
+    #: A proposer registered through the ``llmserve_speculative_proposers`` hook: "ngram",
+    #: "draft_model" or a plugin's.
+    method: str
+    #: Draft tokens proposed per request and step (k).
+    num_speculative_tokens: int = Field(ge=1, le=32)
+    #: n-gram sizes tried by ``ngram``, longest first.
+    prompt_lookup_min: Optional[int] = Field(None, ge=1)
+    prompt_lookup_max: Optional[int] = Field(None, ge=1)
+    #: The draft model's HF directory (``draft_model``); None: the method's default, if any.
+    model: Optional[str] = None
+    #: Speculate only while fewer requests than this run in a step (None: always). Above
+    #: the crossover batch size, verifying drafts costs more than it saves.
+    disable_by_batch_size: Optional[int] = Field(None, ge=2)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _lookup_sizes(self) -> "SpeculativeConfig":
+        lo, hi = self.prompt_lookup_min, self.prompt_lookup_max
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"prompt_lookup_min ({lo}) must be <= prompt_lookup_max ({hi})")
+        return self
+
+
 class EngineConfig(_Frozen):
     model_config_: ModelConfig = Field(alias="model")
     cache: CacheConfig
     scheduler: SchedulerConfig
     structured_outputs: StructuredOutputsConfig = StructuredOutputsConfig()
+    speculative: Optional[SpeculativeConfig] = None
     #: Platform name ("cpu", "cuda", ...) chosen through the platform hook.
     device: str
 
@@ -124,17 +156,20 @@ class EngineArgs(BaseModel):
     skip_tokenizer_init: bool = False
     #: Grammar backend for structured outputs: "auto", "xgrammar", "guidance" or a plugin's.
     structured_outputs_backend: str = "auto"
+    #: Speculative decoding: a dict of ``SpeculativeConfig`` fields, or its JSON text
+    #: (``--speculative-config``); None: off.
+    speculative_config: Optional[dict[str, Any]] = None
 
-    @field_validator("scheduling_policy_config", mode="before")
+    @field_validator("scheduling_policy_config", "speculative_config", mode="before")
     @classmethod
-    def _policy_config_json(cls, value: Any) -> Any:
+    def _options_json(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON ({exc})") from None
             if not isinstance(value, dict):
-                raise ValueError("must be a JSON object of policy options")
+                raise ValueError("must be a JSON object")
         return value
 
     @property

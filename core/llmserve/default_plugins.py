@@ -57,6 +57,14 @@ def llmserve_scheduling_policies():
 
 
 @hookimpl
+def llmserve_speculative_proposers():
+    from llmserve.spec_decode.draft_model import DraftModelProposer
+    from llmserve.spec_decode.ngram import NgramProposer
+
+    return {"ngram": NgramProposer, "draft_model": DraftModelProposer}
+
+
+@hookimpl
 def llmserve_logits_processors():
     from llmserve.sample.logits_processor import BUILTIN_LOGITS_PROCESSORS
 

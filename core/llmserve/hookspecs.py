@@ -27,7 +27,7 @@ wrong type from a third-party plugin is logged and skipped (its other entries st
 from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
 the plugin API (``llmserve.plugin_api``).
 
-**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.3"``) versions this catalogue and the
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.4"``) versions this catalogue and the
 modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
 entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
 a warning, and without a declaration it loads with a warning.
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from llmserve.platforms.base import Platform
     from llmserve.sample.logits_processor import LogitsProcessor
     from llmserve.scheduler.policy import SchedulingPolicy
+    from llmserve.spec_decode.proposer import Proposer
     from llmserve.structured_output.backend import StructuredOutputBackend
     from llmserve.tool_parsers.base import ToolParser
 
@@ -222,6 +223,34 @@ def llmserve_scheduling_policies() -> dict[str, type[SchedulingPolicy]]:
     ``"fair"``, ``"sjf"``, ``"deadline"`` and ``"cache-aware"``.
 
     Added in 0.1.0 (plugin API 1.0); options, feedback and metrics in plugin API 1.2.
+    """
+
+
+@hookspec
+def llmserve_speculative_proposers() -> dict[str, type[Proposer]]:
+    """Contribute speculative-decoding methods (draft-token proposers) by name.
+
+    **Kind:** contribute (dicts are merged by name).
+
+    **When / where:** called when the engine configuration is resolved (to check
+    ``SpeculativeConfig.method``) and in the engine-core process when the model runner is
+    built, and by ``llmserve plugins``. The user picks one with ``--speculative-config
+    '{"method": NAME, "num_speculative_tokens": k, ...}'``.
+
+    **Returns:** ``{name: proposer class}``, subclasses of
+    ``llmserve.spec_decode.proposer.Proposer``. The runner builds the chosen one with a
+    ``ProposerContext`` (the ``SpeculativeConfig``, the target's directory and config, the
+    device, a ``load_model`` that builds any installed architecture, and the runner's
+    attention-metadata and upload helpers), and after each step calls ``propose`` with a
+    ``ProposalBatch`` (the decoding requests' tokens and block tables, on the host). A proposer
+    that runs its own model adds its layers to the KV plan through ``cache_specs``; its
+    caches share the target's block tables, and ``needs_lookahead`` reserves slots for its
+    own decode steps. Drafts are verified exactly by the core's rejection sampler: a proposer
+    only affects speed, never the output distribution.
+
+    The core contributes ``"ngram"`` (prompt lookup) and ``"draft_model"``.
+
+    Added in plugin API 1.4.
     """
 
 

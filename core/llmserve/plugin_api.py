@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from llmserve.attention.backend import AttentionBackend, AttentionMetadata, ForwardContext
 from llmserve.cli.command import CliCommand
-from llmserve.config import EngineConfig, SchedulerConfig
+from llmserve.config import EngineConfig, SchedulerConfig, SpeculativeConfig
 from llmserve.kv_cache.spec import (
     AttentionSpec,
     CacheSpec,
@@ -52,6 +52,7 @@ from llmserve.runner.graph_runner import GraphModelRunner
 from llmserve.runner.model_runner import ModelRunner, StepBatch
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sample.metadata import SamplingMetadata
+from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
 from llmserve.scheduler.policy import (
     PolicyMetric,
     PolicyOptions,
@@ -108,6 +109,9 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     # Sampling
     "llmserve.sample.logits_processor",  # LogitsProcessor
     "llmserve.sample.metadata",       # SamplingMetadata
+    # Speculative decoding
+    "llmserve.spec_decode.proposer",  # Proposer, ProposerContext, ProposalBatch
+    "llmserve.spec_decode.rejection",  # rejection_sample, Verified
     # Structured outputs
     "llmserve.structured_output",     # re-exports the two modules below
     "llmserve.structured_output.backend",  # StructuredOutputBackend, GrammarMatcher, VocabInfo
@@ -130,7 +134,9 @@ __all__ = [
     # contract
     "hookimpl", "PLUGIN_API_VERSION", "PLUGIN_API_ATTRIBUTE",
     # configuration
-    "EngineConfig", "SchedulerConfig",
+    "EngineConfig", "SchedulerConfig", "SpeculativeConfig",
+    # speculative decoding
+    "Proposer", "ProposerContext", "ProposalBatch",
     # platforms and runners
     "Platform", "GpuPlatform", "ModelRunnerBase", "RunnerConfig", "StepHandle", "ModelRunner",
     "StepBatch", "GraphModelRunner",

@@ -88,6 +88,7 @@ ENTRY_TYPES: dict[str, EntryType] = {
         "llmserve.structured_output.backend:StructuredOutputBackend"),
     "llmserve_cli_commands": EntryType("llmserve.cli.command:CliCommand", instances=True),
     "llmserve_tool_parsers": EntryType("llmserve.tool_parsers.base:ToolParser"),
+    "llmserve_speculative_proposers": EntryType("llmserve.spec_decode.proposer:Proposer"),
 }
 
 

@@ -91,6 +91,7 @@ class Request:
         "num_computed_tokens", "num_cached_tokens", "block_hashes", "stop_token_ids",
         "max_tokens", "stop_reason", "num_preemptions", "first_scheduled_time", "extra",
         "num_output_placeholders", "grammar", "grammar_future", "hints", "first_token_time",
+        "spec_token_ids",
     )
 
     def __init__(self, req: EngineCoreRequest, max_model_len: int) -> None:
@@ -110,6 +111,8 @@ class Request:
         #: scheduling schedules the next step before they do).
         self.num_output_placeholders = 0
         self.num_cached_tokens = 0
+        #: Draft tokens the proposer offered for the next step (speculative decoding).
+        self.spec_token_ids: list[int] = []
         #: Prefix-cache hashes of this request's full blocks, filled lazily by the KV manager.
         self.block_hashes: list[Any] = []
         self.stop_token_ids = req.sampling_params.all_stop_token_ids(req.eos_token_ids)

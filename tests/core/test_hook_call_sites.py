@@ -47,7 +47,9 @@ def test_every_hookspec_is_called(tiny_models):
     pm = fresh_plugin_manager()
     with registered_plugin(pm, recording_plugin(calls), "recorder"):
         engine = LLMEngine(EngineArgs(model=tiny_models["LlamaForCausalLM"],
-                                      dtype="float32", max_model_len=64), pm)
+                                      dtype="float32", max_model_len=64,
+                                      speculative_config={"method": "ngram",
+                                                          "num_speculative_tokens": 2}), pm)
         engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=2))
         while engine.has_unfinished_requests():
             engine.step()

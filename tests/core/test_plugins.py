@@ -453,6 +453,7 @@ def test_default_plugins_implement_the_core_hooks():
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
         "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
         "llmserve_cli_commands", "llmserve_structured_output_backends", "llmserve_tool_parsers",
+        "llmserve_speculative_proposers",
     }
 
 
@@ -478,7 +479,7 @@ def test_hookspec_catalogue():
         "llmserve_platforms", "llmserve_model_architectures", "llmserve_attention_backends",
         "llmserve_scheduling_policies", "llmserve_logits_processors", "llmserve_cache_specs",
         "llmserve_cli_commands", "llmserve_structured_output_backends", "llmserve_tool_parsers",
-        "llmserve_http_routes", "llmserve_select_attention_backend", "llmserve_engine_started",
+        "llmserve_speculative_proposers", "llmserve_http_routes", "llmserve_select_attention_backend", "llmserve_engine_started",
     }
     pm = get_plugin_manager(load_entry_points=False, default_plugins=False)
     firstresult = {name for name in _hookspec_names()

@@ -46,11 +46,17 @@ class EngineCore:
             attn_backend=backends[backend_name],
             logits_processor_classes=tuple(
                 collect_registry(pm, "llmserve_logits_processors").values()),
-            load_format=resolved.load_format, platform=platform)
+            load_format=resolved.load_format, platform=platform,
+            proposer_cls=(collect_registry(pm, "llmserve_speculative_proposers")[
+                cfg.speculative.method] if cfg.speculative is not None else None),
+            model_classes=collect_registry(pm, "llmserve_model_architectures"))
         self.runner = platform.model_runner_class()(runner_config)
         self.runner.load_model()
 
         kv_config = self._plan_kv_cache(pm, platform)
+        if cfg.speculative is not None and kv_config.state_specs:
+            raise ValueError(f"speculative_config is not supported for {cfg.model.architecture}: "
+                             "its per-request state layers cannot roll back rejected drafts")
         self.runner.initialize_kv_cache(kv_config)
         t_warm = time.monotonic()
         self.runner.warm_up()
@@ -72,9 +78,14 @@ class EngineCore:
         self.kv_manager = KVCacheManager.from_config(kv_config, block_size,
                                                      cfg.cache.enable_prefix_caching)
         self.structured_outputs = self._structured_output_manager(pm)
-        self.scheduler = Scheduler(cfg.scheduler, self.kv_manager,
-                                   policies[cfg.scheduler.policy](cfg.scheduler),
-                                   self.structured_outputs)
+        spec = cfg.speculative
+        proposer = getattr(self.runner, "proposer", None)
+        self.scheduler = Scheduler(
+            cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy](cfg.scheduler),
+            self.structured_outputs,
+            num_speculative_tokens=spec.num_speculative_tokens if spec else 0,
+            num_lookahead_tokens=(spec.num_speculative_tokens
+                                  if proposer is not None and proposer.needs_lookahead else 0))
         #: Host time spent filling grammar bitmasks, and the steps that filled one.
         self.grammar_fill_s = 0.0
         self.grammar_fill_steps = 0

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from pydantic import ValidationError
 
 from llmserve.config import (CacheConfig, EngineArgs, EngineConfig, ModelConfig, SchedulerConfig,
-                             StructuredOutputsConfig)
+                             SpeculativeConfig, StructuredOutputsConfig)
 from llmserve.models.loader import checkpoint_dtype, read_hf_config, resolve_architecture
 from llmserve.platforms.base import Platform
 from llmserve.plugins import collect_list, collect_registry, plugin_infos
@@ -106,6 +107,15 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                          f"{sorted(policies)}, got {args.scheduling_policy!r}")
     parse_policy_options(policy_cls, args.scheduling_policy_config)
 
+    speculative = _speculative_config(args, pm)
+    async_scheduling = (platform.default_async_scheduling if args.async_scheduling is None
+                        else args.async_scheduling)
+    if speculative is not None and async_scheduling:
+        if args.async_scheduling:
+            raise ValueError("async_scheduling is not supported with speculative_config yet: "
+                             "drafts are proposed from tokens on the host")
+        async_scheduling = False
+
     dtype_name = args.canonical_dtype
     if dtype_name == "auto":
         torch_dtype = platform.resolve_dtype(checkpoint_dtype(hf_config))
@@ -145,12 +155,25 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   policy=args.scheduling_policy,
                                   policy_config=args.scheduling_policy_config or {},
                                   max_waiting_requests=args.max_waiting_requests,
-                                  async_scheduling=(
-                                      platform.default_async_scheduling
-                                      if args.async_scheduling is None
-                                      else args.async_scheduling)),
+                                  async_scheduling=async_scheduling),
         structured_outputs=StructuredOutputsConfig(backend=args.structured_outputs_backend),
+        speculative=speculative,
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,
                           args.skip_tokenizer_init)
+
+
+def _speculative_config(args: EngineArgs, pm) -> Optional[SpeculativeConfig]:
+    """``speculative_config`` checked: its fields, and that its method is installed."""
+    if args.speculative_config is None:
+        return None
+    try:
+        config = SpeculativeConfig(**args.speculative_config)
+    except ValidationError as exc:
+        raise ValueError(f"speculative_config: {exc}") from None
+    proposers = collect_registry(pm, "llmserve_speculative_proposers")
+    if config.method not in proposers:
+        raise ValueError(f"speculative_config.method must be one of the installed methods "
+                         f"{sorted(proposers)}, got {config.method!r}")
+    return config

@@ -33,6 +33,9 @@ _CORE_COUNTERS = {
     "prefix_cache_queries": "prefix_cache_queries",
     "prefix_cache_hits": "prefix_cache_hits",
     "num_preemptions": "num_preemptions",
+    "spec_decode_num_drafts": "spec_decode_num_drafts",
+    "spec_decode_num_draft_tokens": "spec_decode_num_draft_tokens",
+    "spec_decode_num_accepted_tokens": "spec_decode_num_accepted_tokens",
 }
 
 
@@ -77,6 +80,17 @@ class ServerMetrics:
         self.num_preemptions = counter("num_preemptions", "Preemptions (recompute later).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests that started.")
         self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.spec_decode_num_drafts = counter(
+            "spec_decode_num_drafts", "Speculative decoding: verification steps with drafts.")
+        self.spec_decode_num_draft_tokens = counter(
+            "spec_decode_num_draft_tokens", "Speculative decoding: draft tokens proposed.")
+        self.spec_decode_num_accepted_tokens = counter(
+            "spec_decode_num_accepted_tokens", "Speculative decoding: draft tokens accepted.")
+        self._spec_accepted_per_pos = Counter(
+            "llmserve:spec_decode_num_accepted_tokens_per_pos",
+            "Speculative decoding: accepted draft tokens by position (0-based).",
+            ["model_name", "position"], registry=r)
+        self._last_accepted_per_pos: list[int] = []
         self._request_success = Counter("llmserve:request_success",
                                         "Finished completions by finish reason.",
                                         ["model_name", "finished_reason"], registry=r)
@@ -97,6 +111,14 @@ class ServerMetrics:
             self._last_counters[key] = value
             if delta > 0:
                 getattr(self, attr).inc(delta)
+        per_pos = engine_stats.get("spec_decode_num_accepted_tokens_per_pos")
+        if per_pos:
+            last = self._last_accepted_per_pos or [0] * len(per_pos)
+            for pos, (now, before) in enumerate(zip(per_pos, last)):
+                if now > before:
+                    self._spec_accepted_per_pos.labels(self._model_name, str(pos)).inc(
+                        now - before)
+            self._last_accepted_per_pos = list(per_pos)
         for sample in engine_stats.get("policy_metrics", ()):
             self._record_policy_metric(sample)
         if iteration is None:

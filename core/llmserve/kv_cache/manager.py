@@ -274,6 +274,7 @@ class KVCacheManager:
         num_new_tokens: int,
         new_computed_block_ids: Sequence[int] = (),
         num_new_computed_tokens: int | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> list[int] | None:
         """Make room for ``num_new_tokens`` more tokens after ``request.num_computed_tokens``.
 
@@ -285,6 +286,8 @@ class KVCacheManager:
         changed. Blocks that become full once these tokens are computed are registered in the
         prefix cache right away (the step computing them runs before any later lookup reads
         them); with state snapshots, so is the state where the step ends on a block boundary.
+        ``num_lookahead_tokens`` more slots are allocated past them, not computed (a draft
+        model's own decode steps in speculative decoding).
         """
         if num_new_computed_tokens is None:
             num_new_computed_tokens = len(new_computed_block_ids) * self.block_size
@@ -296,6 +299,7 @@ class KVCacheManager:
         rid = request.request_id
         state = self._reqs.get(rid)
         end = request.num_computed_tokens + len(new_computed_block_ids) * bs + num_new_tokens
+        alloc_end = end + num_lookahead_tokens
         num_held = 0 if state is None else len(state.blocks)
         caching = self.enable_prefix_caching
         num_tokens = len(request.all_token_ids)
@@ -304,7 +308,7 @@ class KVCacheManager:
             self._drop_unneeded(state, request.num_computed_tokens)
 
         # Fast path: a decode step inside the last block, no block filled up.
-        if (state is not None and not new_computed_block_ids and end <= num_held * bs
+        if (state is not None and not new_computed_block_ids and alloc_end <= num_held * bs
                 and (not caching or min(end, num_tokens) // bs <= state.num_cached_blocks)
                 and (self.snapshots is None or end % bs)):
             return []
@@ -314,7 +318,7 @@ class KVCacheManager:
         if hits and (num_held or request.num_computed_tokens):
             raise ValueError(f"prefix hits given for request {rid!r}, which already has "
                              f"blocks or computed tokens")
-        num_new_blocks = max(0, -(-end // bs) - num_held - len(hits))
+        num_new_blocks = max(0, -(-alloc_end // bs) - num_held - len(hits))
         # Free cached hit blocks sit in the free queue; claiming them shrinks it.
         num_revived = sum(1 for b in hits if b.ref_cnt == 0)
         if num_new_blocks + num_revived > pool.num_free_blocks:

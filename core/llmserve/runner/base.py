@@ -48,6 +48,10 @@ class RunnerConfig:
     load_format: str
     #: The chosen platform: the runner's only way to device specifics.
     platform: type["Platform"]
+    #: The speculative-decoding method's ``Proposer`` class (None: no speculation).
+    proposer_cls: Optional[type] = None
+    #: Installed architectures by HF name, for models a proposer loads (draft models).
+    model_classes: Optional[Mapping[str, type]] = None
 
     @property
     def dtype(self) -> str:

@@ -19,15 +19,19 @@ import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
-from llmserve.models.loader import load_model
+from llmserve.models.loader import load_model, read_hf_config, resolve_architecture
 from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
-from llmserve.sample.sampler import compute_prompt_logprobs
+from llmserve.sample.sampler import SamplerOutput, compute_prompt_logprobs
 from llmserve.scheduler.output import (GrammarBitmask, LogprobsLists, ModelRunnerOutput,
                                        SchedulerOutput)
 from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
+from llmserve.sample.sampler import gather_logprobs
+from llmserve.sampling_params import SAMPLING_EPS
+from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
+from llmserve.spec_decode.rejection import PAD, rejection_sample
 
 #: Sampling features that read a request's output tokens on the host.
 OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
@@ -91,6 +95,13 @@ class ModelRunner(ModelRunnerBase):
         #: Whether the model has per-request state layers (the forward then gets slots).
         self.has_state_layers = False
         self.state_tensors: list[torch.Tensor] = []
+        #: The speculative-decoding proposer (None: no speculation), built in ``load_model``.
+        self.proposer: Optional[Proposer] = None
+        spec = engine.speculative
+        self.num_speculative_tokens = spec.num_speculative_tokens if spec else 0
+        self.speculate_below = (spec.disable_by_batch_size if spec else None) or float("inf")
+        #: Caching layers of the proposer (a draft model's), planned after the target's.
+        self.num_proposer_cache_layers = 0
 
     def load_model(self) -> None:
         """Seed torch (dummy weights and unseeded sampling draw from it), then build the model
@@ -102,12 +113,41 @@ class ModelRunner(ModelRunnerBase):
                                 self.dtype, self.device, self.attn_backend,
                                 model_cfg.max_model_len, config.load_format,
                                 self.platform.layer_ops())
+        if config.proposer_cls is not None:
+            self.proposer = config.proposer_cls(self._proposer_context())
+            self.proposer.load()
+
+    def _proposer_context(self) -> ProposerContext:
+        config = self.config
+        model_cfg = config.engine.model
+
+        def load_draft(path: str) -> torch.nn.Module:
+            hf_config = read_hf_config(path)
+            _, model_cls = resolve_architecture(hf_config, config.model_classes or {},
+                                                lambda: [])
+            return load_model(path, hf_config, model_cls, self.dtype, self.device,
+                              self.attn_backend, model_cfg.max_model_len, config.load_format,
+                              self.platform.layer_ops())
+
+        return ProposerContext(
+            config=config.engine.speculative, target_model=model_cfg.model,
+            target_hf_config=config.hf_config, device=self.device, dtype=self.dtype,
+            block_size=self.block_size, max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs, load_format=config.load_format,
+            load_model=load_draft, attention_metadata=self.attention_metadata,
+            upload=self.upload, inference_mode=self.platform.inference_mode)
 
     # ---- set-up -------------------------------------------------------------------------
 
     def cache_specs(self) -> list[CacheSpec]:
-        """What each caching layer of the model keeps, in ``ForwardContext.kv_caches`` order."""
-        return self.model.cache_specs(self.block_size)
+        """What each caching layer of the model keeps, in ``ForwardContext.kv_caches`` order,
+        then the proposer's layers (a draft model's)."""
+        specs = self.model.cache_specs(self.block_size)
+        if self.proposer is not None:
+            proposer_specs = self.proposer.cache_specs()
+            self.num_proposer_cache_layers = len(proposer_specs)
+            specs = specs + proposer_specs
+        return specs
 
     def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
         """Allocate every layer's cache as the plan says: paged K/V per attention layer (in
@@ -126,7 +166,10 @@ class ModelRunner(ModelRunnerBase):
                                            dtype=self.dtype if name is None
                                            else getattr(torch, name), device=self.device)
                                for shape, name in zip(spec.shapes, spec.tensor_dtypes())])
-        self.kv_caches = caches
+        num_target = len(caches) - self.num_proposer_cache_layers
+        self.kv_caches = caches[:num_target]
+        if self.proposer is not None:
+            self.proposer.bind_kv_cache(caches[num_target:])
         self.has_state_layers = bool(kv_config.state_specs)
         #: Every state tensor of every state layer, for the snapshot copies.
         self.state_tensors = [t for spec, cache in zip(kv_config.layer_specs, caches)
@@ -189,7 +232,9 @@ class ModelRunner(ModelRunnerBase):
             batch.remove(rid, keep_generator=True)
         req_ids = []
         for new in so.scheduled_new_reqs:
-            batch.add(new, self.device)
+            row = batch.add(new, self.device)
+            if self.proposer is not None:
+                self.proposer.add_request(row, new.num_computed_tokens)
             req_ids.append(new.req_id)
         cached = so.scheduled_cached_reqs
         for rid, new_blocks in zip(cached.req_ids, cached.new_block_ids):
@@ -226,19 +271,25 @@ class ModelRunner(ModelRunnerBase):
         return step
 
     def _attention_metadata(self, step: StepBatch) -> AttentionMetadata:
-        bs = self.block_size
-        max_blocks = int(-(-step.seq_lens.max() // bs))
+        max_blocks = int(-(-step.seq_lens.max() // self.block_size))
+        return self.attention_metadata(step.num_sched, step.seq_lens, step.slots,
+                                       self.batch.block_table[step.rows, :max_blocks])
+
+    def attention_metadata(self, query_lens: np.ndarray, seq_lens: np.ndarray,
+                           slots: np.ndarray, block_tables: np.ndarray) -> AttentionMetadata:
+        """The backend's metadata of a flat batch: per sequence its new tokens, its length
+        after them and its block-table row; per token its cache slot."""
         md = AttentionMetadata(
-            num_tokens=step.num_tokens,
-            num_seqs=step.num_seqs,
-            max_query_len=int(step.num_sched.max()),
-            max_seq_len=int(step.seq_lens.max()),
-            block_size=bs,
-            query_start_loc=self.upload(np.concatenate(([0], step.cu))),
-            query_lens=self.upload(step.num_sched),
-            seq_lens=self.upload(step.seq_lens),
-            block_tables=self.upload(self.batch.block_table[step.rows, :max_blocks]),
-            slot_mapping=self.upload(step.slots),
+            num_tokens=len(slots),
+            num_seqs=len(query_lens),
+            max_query_len=int(query_lens.max()),
+            max_seq_len=int(seq_lens.max()),
+            block_size=self.block_size,
+            query_start_loc=self.upload(np.concatenate(([0], np.cumsum(query_lens)))),
+            query_lens=self.upload(query_lens),
+            seq_lens=self.upload(seq_lens),
+            block_tables=self.upload(block_tables),
+            slot_mapping=self.upload(slots),
         )
         self.attn_backend.prepare(md)
         return md
@@ -284,6 +335,13 @@ class ModelRunner(ModelRunnerBase):
     def _launch_step(self, so: SchedulerOutput, req_ids: list[str]) -> "PendingOutput":
         batch = self.batch
         dev = self.device
+        drafts = so.scheduled_spec_decode_tokens
+        if drafts:
+            # The drafts follow each request's last token, where the step's inputs are read.
+            for rid, tokens in drafts.items():
+                row = batch.row_of[rid]
+                n = batch.num_tokens[row]
+                batch.token_ids[row, n:n + len(tokens)] = tokens
         step = self._step_batch(so, req_ids)
         self._copy_state_rows(so.state_restores)
         hidden = self.run_model(step)
@@ -294,6 +352,7 @@ class ModelRunner(ModelRunnerBase):
         batch.num_computed[rows] = seq_lens
         sample_idx = np.nonzero(seq_lens >= batch.num_tokens[rows])[0]
         pending = PendingOutput(self, req_ids, sample_idx, rows[sample_idx])
+        pending.grammar_req_ids = so.grammar_req_ids
         if len(sample_idx):
             sample_rows = pending.sample_rows
             arrays = batch.sampling_arrays(sample_rows)
@@ -301,20 +360,38 @@ class ModelRunner(ModelRunnerBase):
                 # Penalties, min_tokens and logits processors read the output tokens: the
                 # previous step's must be on the host first.
                 self._resolve_previous()
-            logits = self.model.compute_logits(hidden[self.upload(cu[sample_idx] - 1)])
             gens = batch.generators
+            generators = ([gens.get(req_ids[i]) for i in sample_idx] if gens
+                          else [None] * len(sample_idx))
+            num_drafts = (np.fromiter((len(drafts.get(req_ids[i], ())) for i in sample_idx),
+                                      dtype=np.int64, count=len(sample_idx))
+                          if drafts else None)
+            verify = None
+            if num_drafts is not None:
+                # Score every draft and the position after the last: rows offsets[j] ..
+                # offsets[j] + num_drafts[j] of the logits belong to sampling request j.
+                counts = num_drafts + 1
+                offsets = np.cumsum(counts) - counts
+                flat = (np.repeat(cu[sample_idx] - counts - offsets, counts)
+                        + np.arange(int(counts.sum())))
+                sample_rows = np.repeat(sample_rows, counts)
+                arrays = batch.sampling_arrays(sample_rows)
+                verify = Verification(num_drafts, offsets, generators)
+                generators = [None] * len(flat)
+            else:
+                flat = cu[sample_idx] - 1
+            logits = self.model.compute_logits(hidden[self.upload(flat)])
             md_s = SamplingMetadata.build(
                 params=[batch.params[r] for r in sample_rows],
                 output_token_ids=batch.output_rows(sample_rows),
                 prompt_token_ids=batch.prompt_rows(sample_rows),
                 stop_token_ids=[batch.stop_token_ids[r] for r in sample_rows],
-                generators=([gens.get(req_ids[i]) for i in sample_idx] if gens
-                            else [None] * len(sample_idx)),
+                generators=generators,
                 vocab_size=self.vocab_size,
                 device=dev,
                 arrays=arrays,
             )
-            held = HeldSampling(pending, logits, md_s)
+            held = HeldSampling(pending, logits, md_s, verify)
             if so.grammar_req_ids:
                 self._held = held  # sampled by sample_tokens, once the mask is filled
             else:
@@ -334,7 +411,8 @@ class ModelRunner(ModelRunnerBase):
             rows = self.batch.row_of
             sample_rows = held.pending.sample_rows
             position = np.full(self.max_num_seqs, -1, dtype=np.int64)
-            position[sample_rows] = np.arange(len(sample_rows))
+            position[sample_rows] = (np.arange(len(sample_rows)) if held.verify is None
+                                     else held.verify.offsets)
             mask_rows = np.fromiter((rows.get(r, -1) for r in grammar.req_ids), dtype=np.int64,
                                     count=len(grammar.req_ids))
             target = np.where(mask_rows >= 0, position[mask_rows], -1)
@@ -347,10 +425,80 @@ class ModelRunner(ModelRunnerBase):
     def _sample(self, held: "HeldSampling") -> None:
         pending, batch = held.pending, self.batch
         sample_rows = pending.sample_rows
-        out = self.sampler.forward(held.logits, held.metadata)
+        if held.verify is None:
+            out = self.sampler.forward(held.logits, held.metadata)
+        else:
+            out = self._verify(held)
+            pending.verify = held.verify
         pending.launch_copy(out, batch.reserve_tokens(sample_rows),
                             [batch.params[r].logprobs for r in sample_rows]
                             if out.logprobs is not None else None)
+
+    def _verify(self, held: "HeldSampling") -> SamplerOutput:
+        """Speculative decoding: each sampling request's drafts against the target's scores,
+        by the exact rejection sampler. Returns [num_reqs, max_drafts + 1] tokens (the
+        accepted drafts, then the target's own token, then ``PAD``) and, if asked, the
+        logprobs of each emitted token's position."""
+        verify, md = held.verify, held.metadata
+        num_drafts, offsets = verify.num_drafts, verify.offsets
+        width = int(num_drafts.max())
+        raw_logprobs = (torch.log_softmax(held.logits.float(), dim=-1)
+                        if md.max_num_logprobs is not None else None)
+        probs, greedy = self.sampler.verification_inputs(held.logits, md)
+        # Row j, column c reads logits row offsets[j] + min(c, num_drafts[j]).
+        index = offsets[:, None] + np.minimum(np.arange(width + 1)[None, :], num_drafts[:, None])
+        index_t = self.upload(index)
+        rows = held.pending.sample_rows
+        draft_ids = np.zeros((len(rows), width), dtype=np.int64)
+        for j, (row, n) in enumerate(zip(rows.tolist(), num_drafts.tolist())):
+            start = self.batch.num_tokens[row]
+            draft_ids[j, :n] = self.batch.token_ids[row, start:start + n]
+        temperature = self.batch.sampling["temperature"][rows]
+        gens = {j: g for j, g in enumerate(verify.generators) if g is not None}
+        verified = rejection_sample(probs[index_t], self.upload(draft_ids),
+                                    self.upload(num_drafts), None,
+                                    self.upload(temperature < SAMPLING_EPS), gens,
+                                    target_argmax=greedy[index_t])
+        logprobs = None
+        if raw_logprobs is not None:
+            # The token emitted at each scored position (PAD past a rejection scores id 0,
+            # and is dropped on the host).
+            emitted = verified.output_token_ids.clamp(min=0)
+            flat = torch.empty(len(held.logits), dtype=torch.long, device=self.device)
+            flat[index_t] = emitted
+            logprobs = gather_logprobs(raw_logprobs, md.max_num_logprobs, flat)
+        return SamplerOutput(verified.output_token_ids, logprobs)
+
+    def propose(self, req_ids: list[str], sample_idx: np.ndarray, rows: np.ndarray,
+                grammar_req_ids: list[str]) -> list[list[int]]:
+        """The proposer's drafts for the next step, per request of ``req_ids``: for those
+        that just sampled (``sample_idx``, at ``rows``), have tokens on the host, and use
+        nothing that reads the output on the host (penalties, min_tokens, logits processors,
+        a grammar), while fewer than ``disable_by_batch_size`` requests run."""
+        drafts: list[list[int]] = [[] for _ in req_ids]
+        if len(req_ids) >= self.speculate_below:
+            return drafts
+        batch = self.batch
+        eligible = (batch.sampling["features"][rows] & OUTPUT_READING_FEATURES) == 0
+        if grammar_req_ids:
+            constrained = set(grammar_req_ids)
+            eligible &= np.fromiter((req_ids[i] not in constrained for i in sample_idx),
+                                    dtype=bool, count=len(sample_idx))
+        sample_idx, rows = sample_idx[eligible], rows[eligible]
+        if not len(rows):
+            return drafts
+        num_tokens = batch.num_tokens[rows]
+        left = np.fromiter((batch.params[r].max_tokens or self.max_model_len for r in rows),
+                           dtype=np.int64, count=len(rows)) \
+            - (num_tokens - batch.num_prompt_tokens[rows])
+        max_drafts = np.clip(np.minimum(self.max_model_len - num_tokens, left - 1), 0,
+                             self.num_speculative_tokens)
+        proposed = self.proposer.propose(ProposalBatch(
+            req_ids=[req_ids[i] for i in sample_idx], rows=rows, token_ids=batch.token_ids,
+            num_tokens=num_tokens, max_drafts=max_drafts, block_table=batch.block_table))
+        for i, tokens in zip(sample_idx.tolist(), proposed):
+            drafts[i] = tokens.tolist()
+        return drafts
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """A host array on the device without blocking the host: staged through pinned
@@ -402,12 +550,23 @@ class ModelRunner(ModelRunnerBase):
 
 
 @dataclass
+class Verification:
+    """Speculative decoding in a step: how many drafts each sampling request has, where its
+    scored positions start among the step's logits rows, and its seeded generator."""
+
+    num_drafts: np.ndarray
+    offsets: np.ndarray
+    generators: list[Optional[torch.Generator]]
+
+
+@dataclass
 class HeldSampling:
     """A step's logits and sampling inputs, between the forward and the sampling."""
 
     pending: "PendingOutput"
     logits: torch.Tensor
     metadata: SamplingMetadata
+    verify: Optional[Verification] = None
 
 
 class PendingOutput:
@@ -424,6 +583,10 @@ class PendingOutput:
         self.sample_idx = sample_idx
         self.sample_rows = sample_rows
         self.prompt_logprobs: dict[str, LogprobsLists] = {}
+        #: Requests constrained by a grammar this step (they take no drafts).
+        self.grammar_req_ids: list[str] = []
+        #: Set when the step verified drafts: ``sampled`` is then [num_reqs, width + 1].
+        self.verify: Optional[Verification] = None
         self.sampled: Optional[torch.Tensor] = None
         self._positions: Optional[np.ndarray] = None
         self._host: Optional[torch.Tensor] = None
@@ -467,6 +630,7 @@ class PendingOutput:
         runner, req_ids = self.runner, self.req_ids
         sampled_lists: list[list[int]] = [[] for _ in req_ids]
         logprob_rows: list[Optional[LogprobsLists]] = [None] * len(req_ids)
+        spec_token_ids: list[list[int]] = []
         if self.sampled is not None:
             self._event.synchronize()
             tokens = self._host.numpy()
@@ -475,10 +639,45 @@ class PendingOutput:
             owned = np.fromiter((batch.row_of.get(req_ids[i]) == r for i, r in
                                  zip(self.sample_idx.tolist(), self.sample_rows.tolist())),
                                 dtype=bool, count=len(self.sample_idx))
-            batch.fill_tokens(self.sample_rows[owned], self._positions[owned], tokens[owned])
-            for i, tok in zip(self.sample_idx.tolist(), tokens.tolist()):
-                sampled_lists[i] = [tok]
-            if self._logprobs is not None:
-                runner._split_logprobs(self._logprobs.tolists(), self.sample_idx,
-                                       self._num_logprobs, logprob_rows)
-        return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, self.prompt_logprobs)
+            if self.verify is not None:
+                self._accept_verified(tokens, owned, sampled_lists, logprob_rows)
+            else:
+                batch.fill_tokens(self.sample_rows[owned], self._positions[owned],
+                                  tokens[owned])
+                for i, tok in zip(self.sample_idx.tolist(), tokens.tolist()):
+                    sampled_lists[i] = [tok]
+                if self._logprobs is not None:
+                    runner._split_logprobs(self._logprobs.tolists(), self.sample_idx,
+                                           self._num_logprobs, logprob_rows)
+            if runner.proposer is not None:
+                spec_token_ids = runner.propose(req_ids, self.sample_idx[owned],
+                                                self.sample_rows[owned], self.grammar_req_ids)
+        return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, self.prompt_logprobs,
+                                 spec_token_ids)
+
+    def _accept_verified(self, tokens: np.ndarray, owned: np.ndarray,
+                         sampled_lists: list[list[int]],
+                         logprob_rows: list[Optional[LogprobsLists]]) -> None:
+        """Append each request's emitted tokens (accepted drafts + one) to its row, and roll
+        its computed tokens back past the rejected drafts."""
+        batch = self.runner.batch
+        num_emitted = (tokens != PAD).sum(axis=1)
+        lp = self._logprobs.tolists() if self._logprobs is not None else None
+        verify = self.verify
+        for j, (i, row, pos, n, d) in enumerate(zip(
+                self.sample_idx.tolist(), self.sample_rows.tolist(), self._positions.tolist(),
+                num_emitted.tolist(), verify.num_drafts.tolist())):
+            emitted = tokens[j, :n]
+            sampled_lists[i] = emitted.tolist()
+            if owned[j]:
+                end = min(pos + n, batch.max_model_len)
+                batch.token_ids[row, pos:end] = emitted[:end - pos]
+                batch.num_tokens[row] = pos + n
+                batch.num_computed[row] -= d - (n - 1)
+            k = self._num_logprobs[j] if lp is not None else None
+            if k is not None:
+                first = int(verify.offsets[j])
+                last = first + n
+                logprob_rows[i] = LogprobsLists(
+                    [ids[:k + 1] for ids in lp.token_ids[first:last]],
+                    [lps[:k + 1] for lps in lp.logprobs[first:last]], lp.ranks[first:last])

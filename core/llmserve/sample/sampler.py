@@ -83,6 +83,19 @@ class Sampler:
             logprobs = gather_logprobs(raw_logprobs, md.max_num_logprobs, sampled)
         return SamplerOutput(sampled, logprobs)
 
+    def verification_inputs(self, logits: torch.Tensor, md: SamplingMetadata
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the rejection sampler needs of positions scored for speculative decoding,
+        processed as ``forward`` processes them: (the probabilities random rows draw from
+        [N, V], the greedy token of each row [N])."""
+        logits = logits.to(torch.float32)
+        for proc in self.logits_processors:
+            logits = proc.apply(logits, md)
+        if md.penalty_rows is not None:
+            logits = apply_penalties(logits, md)
+        greedy = logits.argmax(dim=-1)
+        return sampling_probs(logits, md), greedy
+
 
 def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     """Repetition, then frequency, then presence penalty, on the rows that have one.
@@ -111,12 +124,7 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     if md.all_greedy:
         return logits.argmax(dim=-1)
     greedy = None if md.all_random else logits.argmax(dim=-1)
-    logits = logits.div_(md.temperature[:, None])
-    if md.min_p is not None:
-        logits = apply_min_p(logits, md.min_p)
-    if md.top_k is not None or md.top_p is not None:
-        logits = apply_top_k_top_p(logits, md.top_k, md.top_p, md.max_top_k, md.top_p_needs_sort)
-    probs = logits.softmax(dim=-1)
+    probs = sampling_probs(logits, md)
     # Exponential(1) noise is -log(U); drawing U is several times faster on CPU than
     # exponential_(). argmax(p / -log U) == argmin(p / log U): one pass less. U is clamped
     # above 0 so log U is finite and a kept token scores < 0, below every excluded one (0).
@@ -128,6 +136,18 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     if greedy is not None:
         sampled = torch.where(md.is_greedy, greedy, sampled)
     return sampled
+
+
+def sampling_probs(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """The distribution random rows draw from: temperature, min-p, top-k, top-p, softmax
+    (``logits`` is modified in place). Greedy rows get a distribution nobody reads."""
+    if md.temperature is not None:
+        logits = logits.div_(md.temperature[:, None])
+    if md.min_p is not None:
+        logits = apply_min_p(logits, md.min_p)
+    if md.top_k is not None or md.top_p is not None:
+        logits = apply_top_k_top_p(logits, md.top_k, md.top_p, md.max_top_k, md.top_p_needs_sort)
+    return logits.softmax(dim=-1)
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

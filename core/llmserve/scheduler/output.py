@@ -61,6 +61,10 @@ class SchedulerOutput:
     #: snapshots after it (prefix caching with state layers; see kv_cache.state_snapshots).
     state_restores: list[tuple[int, int]] = field(default_factory=list)
     state_saves: list[tuple[int, int]] = field(default_factory=list)
+    #: req_id -> draft tokens scheduled after the request's last token (speculative
+    #: decoding): they are among its ``num_scheduled_tokens``, the target scores them in
+    #: this step's forward, and the runner returns the accepted ones plus one more token.
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -104,3 +108,6 @@ class ModelRunnerOutput:
     logprobs: list[Optional[LogprobsLists]]
     #: req_id -> prompt logprobs for the prompt positions computed this step.
     prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)
+    #: Per request in ``req_ids``: drafts proposed for its next step (empty: none);
+    #: empty altogether without speculative decoding.
+    spec_token_ids: list[list[int]] = field(default_factory=list)

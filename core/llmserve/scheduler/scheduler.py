@@ -27,6 +27,7 @@ from llmserve.scheduler.output import (
     SchedulerOutput,
 )
 from llmserve.scheduler.policy import SchedulingContext, SchedulingPolicy, StepFeedback
+from llmserve.spec_decode.metrics import SpecDecodingStats
 
 if TYPE_CHECKING:
     from llmserve.structured_output.manager import StructuredOutputManager
@@ -61,9 +62,13 @@ class Scheduler:
         policy: SchedulingPolicy,
         structured_outputs: Optional["StructuredOutputManager"] = None,
         clock: Callable[[], float] = time.monotonic,
+        num_speculative_tokens: int = 0,
+        num_lookahead_tokens: int = 0,
     ) -> None:
         """``clock`` stamps step times, first scheduling and first tokens; simulations pass
-        their own so that time-based policies run deterministically."""
+        their own so that time-based policies run deterministically. With speculative
+        decoding, ``num_speculative_tokens`` is k and ``num_lookahead_tokens`` the slots a
+        draft model writes past the verified tokens (k, or 0 for a proposer without KV)."""
         self.config = scheduler_config
         self.clock = clock
         #: Compiles the grammars of constrained requests; None when the engine has no
@@ -95,6 +100,9 @@ class Scheduler:
         self._finished_for_policy: list[Request] = []
         self._policy_metrics: list = []
         self._policy_metrics_at = float("-inf")
+        self.num_lookahead_tokens = num_lookahead_tokens
+        self.spec_stats = (SpecDecodingStats(num_speculative_tokens)
+                           if num_speculative_tokens else None)
 
     # -- intake and queries -------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class Scheduler:
             "prefix_cache_hits": stats.hits,
             "num_preemptions": self.num_preemptions,
             "policy_metrics": self._fresh_policy_metrics(),
+            **(self.spec_stats.as_dict() if self.spec_stats is not None else {}),
         }
 
     def _fresh_policy_metrics(self) -> list:
@@ -197,6 +206,8 @@ class Scheduler:
         scheduled_running: dict[str, tuple[list[int], int]] = {}
         new_reqs: list[NewRequestData] = []
         preempted: set[str] = set()
+        #: req_id -> drafts scheduled after its last token.
+        spec_tokens: dict[str, list[int]] = {}
 
         running = self.running
         i = 0
@@ -204,6 +215,14 @@ class Scheduler:
             request = running[i]
             placeholders = request.num_output_placeholders
             num_new = request.num_tokens + placeholders - request.num_computed_tokens
+            drafts = request.spec_token_ids
+            if drafts:
+                # Drafts follow the last token; keep those that fit the budget and could
+                # still be emitted before max_tokens.
+                request.spec_token_ids = []
+                room = min(budget, request.max_tokens - request.num_output_tokens) - 1
+                drafts = drafts[:max(0, room)] if num_new == 1 and not placeholders else []
+                num_new += len(drafts)
             if num_new > budget:
                 num_new = budget
             num_new = kv.snapshot_chunk(request.num_computed_tokens, num_new)
@@ -212,7 +231,8 @@ class Scheduler:
                 # Nothing to compute, or the tokens in flight already end the request.
                 i += 1
                 continue
-            new_ids = kv.allocate_slots(request, num_new)
+            lookahead = self._lookahead(request.num_computed_tokens + num_new)
+            new_ids = kv.allocate_slots(request, num_new, num_lookahead_tokens=lookahead)
             while new_ids is None:
                 if not kv.can_ever_fit(request.num_computed_tokens + num_new, num_new):
                     running.pop(i)
@@ -227,16 +247,19 @@ class Scheduler:
                 if undone is not None:
                     victim.num_computed_tokens = undone[1]
                     budget += num_scheduled.pop(victim.request_id)
+                    spec_tokens.pop(victim.request_id, None)
                 self._preempt(victim, preempted)
                 if victim is request:
                     break
-                new_ids = kv.allocate_slots(request, num_new)
+                new_ids = kv.allocate_slots(request, num_new, num_lookahead_tokens=lookahead)
             if new_ids is None:
                 continue  # dropped from running; running[i] is already the next one
             scheduled_running[request.request_id] = (new_ids, request.num_computed_tokens)
             num_scheduled[request.request_id] = num_new
+            if drafts:
+                spec_tokens[request.request_id] = drafts
             request.num_computed_tokens += num_new
-            if request.num_computed_tokens == request.num_tokens + placeholders:
+            if request.num_computed_tokens >= request.num_tokens + placeholders:
                 # This step samples a token.
                 if self.async_scheduling:
                     request.num_output_placeholders += 1
@@ -266,7 +289,13 @@ class Scheduler:
             grammar_req_ids=grammar_req_ids,
             state_restores=restores,
             state_saves=saves,
+            scheduled_spec_decode_tokens=spec_tokens,
         )
+
+    def _lookahead(self, end: int) -> int:
+        """Slots to allocate past ``end`` for a draft model's own steps (none past
+        max_model_len)."""
+        return max(0, min(self.num_lookahead_tokens, self.max_model_len - end))
 
     def _admit_waiting(
         self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData],
@@ -290,7 +319,8 @@ class Scheduler:
                     break
                 num_new = budget
             num_new = kv.snapshot_chunk(num_hit, num_new)
-            new_ids = kv.allocate_slots(request, num_new, hit_ids, num_hit)
+            new_ids = kv.allocate_slots(request, num_new, hit_ids, num_hit,
+                                        num_lookahead_tokens=self._lookahead(num_hit + num_new))
             if new_ids is None:
                 break
             policy.pop(ctx)
@@ -334,6 +364,8 @@ class Scheduler:
         requests = self.requests
         logprobs = runner_output.logprobs
         prompt_logprobs = runner_output.prompt_logprobs
+        scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
+        next_drafts = runner_output.spec_token_ids
         num_finished = 0
         now = self.clock()
         for idx, (req_id, new_ids) in enumerate(
@@ -354,6 +386,14 @@ class Scheduler:
                 request.first_token_time = now
             if request.num_output_placeholders:
                 request.num_output_placeholders -= len(new_ids)
+            if scheduled_drafts:
+                drafts = scheduled_drafts.get(req_id)
+                if drafts:
+                    # The rejected drafts' K/V is stale: roll the computed tokens back to
+                    # the accepted ones (the next step overwrites the rest).
+                    num_accepted = len(new_ids) - 1
+                    request.num_computed_tokens -= len(drafts) - num_accepted
+                    self.spec_stats.observe(len(drafts), num_accepted)
             num_kept = self._append_and_check_stop(request, new_ids)
             if num_kept < len(new_ids):
                 new_ids = new_ids[:num_kept]
@@ -362,6 +402,8 @@ class Scheduler:
                                        lp.ranks[:num_kept])
             status = request.status
             if status is _RUNNING:
+                if next_drafts:
+                    request.spec_token_ids = next_drafts[idx]
                 outputs.append(EngineCoreOutput(
                     req_id, new_ids, lp, plp, None, None, request.num_cached_tokens))
                 continue
@@ -530,6 +572,7 @@ class Scheduler:
         # A token still in flight is dropped on arrival (the request is no longer running)
         # and sampled again after the recompute.
         request.num_output_placeholders = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.policy.prepend(request)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
+
 
 def propose_ngram(tokens: np.ndarray, k: int, min_n: int, max_n: int) -> np.ndarray:
     """Up to ``k`` draft tokens for the sequence ``tokens`` (1-D int array)."""
@@ -29,3 +31,27 @@ def propose_ngram(tokens: np.ndarray, k: int, min_n: int, max_n: int) -> np.ndar
             start = hits[-1] + n
             return tokens[start:start + k].copy()
     return tokens[:0].copy()
+
+
+class NgramProposer(Proposer):
+    """``{"method": "ngram"}``: prompt lookup over each request's own tokens, on the host.
+
+    ``prompt_lookup_max`` defaults to 5 and ``prompt_lookup_min`` to 1 (or to the max, when
+    only the max is given and is smaller).
+    """
+
+    def __init__(self, context: ProposerContext) -> None:
+        super().__init__(context)
+        cfg = context.config
+        self.max_n = cfg.prompt_lookup_max or max(5, cfg.prompt_lookup_min or 1)
+        self.min_n = cfg.prompt_lookup_min or 1
+        if self.min_n > self.max_n:
+            raise ValueError(f"prompt_lookup_min ({self.min_n}) must be <= prompt_lookup_max "
+                             f"({self.max_n})")
+
+    def propose(self, batch: ProposalBatch) -> list[np.ndarray]:
+        tokens = batch.token_ids
+        return [propose_ngram(tokens[row, :n], int(d), self.min_n, self.max_n) if d else
+                tokens[row, :0]
+                for row, n, d in zip(batch.rows.tolist(), batch.num_tokens.tolist(),
+                                     batch.max_drafts.tolist())]

@@ -37,7 +37,8 @@ class Verified(NamedTuple):
 def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
                      num_drafts: torch.Tensor, draft_probs: Optional[torch.Tensor] = None,
                      is_greedy: Optional[torch.Tensor] = None,
-                     generators: Optional[dict[int, torch.Generator]] = None) -> Verified:
+                     generators: Optional[dict[int, torch.Generator]] = None,
+                     target_argmax: Optional[torch.Tensor] = None) -> Verified:
     """Verify each row's drafts against the target.
 
     Args:
@@ -48,6 +49,9 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
         draft_probs: [B, k, V] the draft's probabilities, or None for deterministic drafts.
         is_greedy: [B] bool, rows decoded greedily (None: none).
         generators: row -> generator for seeded rows.
+        target_argmax: [B, k+1] the target's greedy token at each position, for greedy rows
+            (default: the argmax of ``target_probs``; pass the argmax of the logits so that
+            a near-tie decides as decoding without speculation does).
     """
     if target_probs.dim() != 3 or draft_token_ids.dim() != 2:
         raise ValueError(f"target_probs must be [B, k+1, V] and draft_token_ids [B, k], got "
@@ -72,8 +76,10 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
     q_draft = (draft_probs.gather(2, drafts[:, :, None]).squeeze(2) if draft_probs is not None
                else torch.ones_like(p_draft))
     accept = uniforms * q_draft < p_draft
+    if is_greedy is not None and target_argmax is None:
+        target_argmax = target_probs.argmax(dim=2)
     if is_greedy is not None:
-        greedy_accept = target_probs[:, :k].argmax(dim=2) == drafts
+        greedy_accept = target_argmax[:, :k] == drafts
         accept = torch.where(is_greedy[:, None], greedy_accept, accept)
     accept &= valid
     # Accepted drafts form a prefix: count up to the first rejection (or the drafts' end).
@@ -94,7 +100,7 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
     noise = _exponential_noise(final.shape, dev, generators)
     token = (final / noise).argmax(dim=1)
     if is_greedy is not None:
-        greedy_token = target_probs[rows, num_accepted].argmax(dim=1)
+        greedy_token = target_argmax[rows, num_accepted]
         token = torch.where(is_greedy, greedy_token, token)
 
     out = torch.full((batch, k + 1), PAD, dtype=torch.long, device=dev)

@@ -1,0 +1,121 @@
+"""The proposer contract: what a speculative-decoding method implements.
+
+A method is a ``Proposer`` subclass contributed through the ``llmserve_speculative_proposers``
+hook and chosen with ``SpeculativeConfig.method``. After every step whose sampled tokens have
+reached the host, the runner asks the proposer for up to ``num_speculative_tokens`` draft
+tokens per decoding request (``propose``); the scheduler schedules them after the request's
+last token, the target scores them all in the next step's forward, and the runner keeps the
+longest prefix the rejection sampler accepts (``llmserve.spec_decode.rejection``) plus one
+token of the target's own. Drafts are deterministic (the proposer picks them; it does not
+sample them), so verification is exact for greedy and for sampled requests alike.
+
+A proposer that runs a model of its own keeps that model's paged KV cache in the engine's
+blocks: ``cache_specs`` adds its layers to the KV plan, the layers share the target's block
+tables (so prefix caching and preemption need nothing extra), and ``needs_lookahead`` makes
+the scheduler allocate ``num_speculative_tokens`` slots past the verified tokens for the
+draft's own steps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from llmserve.attention.backend import AttentionMetadata
+from llmserve.config import SpeculativeConfig
+from llmserve.kv_cache.spec import CacheSpec
+
+
+@dataclass(frozen=True)
+class ProposerContext:
+    """What a proposer is built from: the settings, the target and the runner's services."""
+
+    config: SpeculativeConfig
+    #: The target model's directory and its ``config.json``.
+    target_model: str
+    target_hf_config: Mapping[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    block_size: int
+    max_model_len: int
+    max_num_seqs: int
+    #: "auto" reads checkpoints; "dummy" fills random weights (benchmarks): a draft model
+    #: is loaded the same way as the target.
+    load_format: str
+    #: Builds the model of an HF directory with an installed architecture, on the device,
+    #: with the engine's attention backend and layer ops, weights loaded per ``load_format``.
+    load_model: Callable[[str], torch.nn.Module]
+    #: ``attention_metadata(query_lens, seq_lens, slots, block_tables)`` over a flat batch:
+    #: per sequence the new tokens and the length after them, per token its cache slot,
+    #: per sequence its block-table row (numpy); prepared by the engine's backend.
+    attention_metadata: Callable[..., AttentionMetadata]
+    #: A host array on the device without blocking the host.
+    upload: Callable[[np.ndarray], torch.Tensor]
+    #: The platform's inference-mode context for forward passes.
+    inference_mode: Callable[[], AbstractContextManager]
+
+
+@dataclass
+class ProposalBatch:
+    """The requests that may take drafts now, with everything known about them on the host.
+
+    Arrays are per request unless noted; ``token_ids`` and ``block_table`` are the runner's
+    own tables (read them, do not write them), indexed by ``rows``.
+    """
+
+    req_ids: list[str]
+    #: Each request's row in the runner's tables (stable while the request runs).
+    rows: np.ndarray
+    #: [max_num_seqs, max_model_len] token ids; row r holds ``num_tokens`` valid ids.
+    token_ids: np.ndarray
+    #: Tokens known, the one just sampled included (it is not in the KV cache yet).
+    num_tokens: np.ndarray
+    #: Drafts each request may take (0..k): room before max_model_len and max_tokens.
+    max_drafts: np.ndarray
+    #: [max_num_seqs, max_blocks] block ids; covers ``num_tokens - 1 + k`` positions when
+    #: the proposer ``needs_lookahead``.
+    block_table: np.ndarray
+
+
+class Proposer(ABC):
+    """A speculative-decoding method. Built once per engine with a ``ProposerContext``.
+
+    Order of calls: ``__init__``, ``load``, ``cache_specs``, ``bind_kv_cache`` (its layers'
+    caches, planned with the target's), then per step ``add_request`` for each request the
+    runner (re)builds and ``propose`` for the decoding requests.
+    """
+
+    #: Whether drafting writes the KV of positions past the verified tokens (a draft model
+    #: decoding its own drafts): the scheduler then allocates ``num_speculative_tokens``
+    #: lookahead slots per request.
+    needs_lookahead: ClassVar[bool] = False
+
+    def __init__(self, context: ProposerContext) -> None:
+        self.context = context
+        self.k = context.config.num_speculative_tokens
+
+    def load(self) -> None:
+        """Load weights or build tables; called once before serving."""
+
+    def cache_specs(self) -> list[CacheSpec]:
+        """Paged layers this proposer keeps; they share the target's block tables."""
+        return []
+
+    def bind_kv_cache(self, caches: list) -> None:
+        """Receive the caches of ``cache_specs`` (same order, same layouts as the target's)."""
+
+    def add_request(self, row: int, num_computed_tokens: int) -> None:
+        """A request (new, or resumed after preemption) now owns ``row``; its first
+        ``num_computed_tokens`` tokens are in the KV cache (a prefix hit), and the rest will
+        be computed again."""
+
+    @abstractmethod
+    def propose(self, batch: ProposalBatch) -> list[np.ndarray]:
+        """Draft tokens per request of ``batch`` (int64 arrays, each at most
+        ``batch.max_drafts[i]`` long; empty means "decode one token as usual")."""
