@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from llmserve import LLM, SamplingParams
 
 
@@ -58,3 +60,21 @@ def test_bench_latency_on_a_model_dir(tiny_models):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["engine"] == "llmserve" and result["requests"] == 1
     assert result["tpot_ms_median"] > 0 and result["failed"] == 0
+
+
+def test_bench_reports_speculative_decoding(tiny_models):
+    model = tiny_models["LlamaForCausalLM"]
+    spec = json.dumps({"method": "draft_model", "model": model, "num_speculative_tokens": 3})
+    proc = run_cli("bench", "throughput", "--model", model, "--input-len", "8",
+                   "--output-len", "17", "--num-prompts", "2", "--dtype", "float32",
+                   "--speculative-config", spec)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = result["speculative"]
+    assert summary["method"] == "draft_model" and summary["k"] == 3
+    # The target drafting for itself accepts everything; only a request's last steps (and
+    # the 4-token warm-up) get fewer than 3 drafts.
+    assert summary["acceptance_rate"] == 1.0 and summary["acceptance_by_position"][0] == 1.0
+    assert summary["mean_accepted_length"] == pytest.approx(
+        1 + summary["num_accepted_tokens"] / summary["num_drafts"], abs=1e-4)
+    assert 3.5 < summary["mean_accepted_length"] <= 4.0 and summary["num_drafts"] > 0

@@ -267,3 +267,22 @@ def test_a_third_party_proposer_plugs_in(target_dir, reference):
                 tokens[out.request_id] = out.outputs[0].token_ids
     assert [tokens[f"r{i}"] for i in range(len(PROMPTS))] == reference
     assert engine_.core.stats()["spec_decode_num_draft_tokens"] > 0
+
+
+def test_constrained_and_penalised_requests_beside_drafting_ones(target_dir, reference):
+    """A grammar or a penalty reads the output on the host, so such requests take no drafts;
+    they still decode as without speculation while the others draft in the same steps."""
+    from llmserve.structured_output import StructuredOutputsParams
+
+    choice = SamplingParams(temperature=0, max_tokens=12,
+                            structured_outputs=StructuredOutputsParams(choice=["red", "blue"]))
+    penalised = greedy(repetition_penalty=1.3, frequency_penalty=0.5)
+    items = [{"prompt_token_ids": p} for p in PROMPTS[:3]]
+    params = [choice, penalised, greedy()]
+    want = [o.outputs[0] for o in engine(target_dir).generate(items, params, use_tqdm=False)]
+    llm = engine(target_dir, {"method": "draft_model", "model": target_dir,
+                              "num_speculative_tokens": K})
+    got = [o.outputs[0] for o in llm.generate(items, params, use_tqdm=False)]
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert got[0].text in ("red", "blue") and got[2].token_ids == reference[2]
+    assert spec_stats(llm)["spec_decode_num_accepted_tokens"] > 0

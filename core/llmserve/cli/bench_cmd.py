@@ -108,9 +108,14 @@ class BenchCommand(CliCommand):
             if args.results_dir:
                 write_result(result, args.results_dir)
 
-        report(make_result(name, "llmserve", core.device.type,
-                           {**run_llmserve(llm, prompts, out_len, args.kind),
-                            "startup_s": round(core.startup_s, 3)}))
+        figures = {**run_llmserve(llm, prompts, out_len, args.kind),
+                   "startup_s": round(core.startup_s, 3)}
+        spec = core.resolved.config.speculative
+        if spec is not None:
+            # Counted over the whole run, warm-up and repeats included.
+            figures["speculative"] = {"method": spec.method, "k": spec.num_speculative_tokens,
+                                      **core.scheduler.spec_stats.summary()}
+        report(make_result(name, "llmserve", core.device.type, figures))
         if args.peer != "none":
             device = core.device.type
             dtype = core.resolved.torch_dtype

@@ -32,6 +32,16 @@ class SpecDecodingStats:
         """Tokens emitted per verification step: accepted drafts + the target's own one."""
         return 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
 
+    def summary(self) -> dict:
+        """The run's figures: acceptance, mean accepted length, acceptance by position."""
+        per_pos = self.num_accepted_tokens_per_pos
+        return {"num_drafts": self.num_drafts, "num_draft_tokens": self.num_draft_tokens,
+                "num_accepted_tokens": self.num_accepted_tokens,
+                "acceptance_rate": round(self.acceptance_rate, 4),
+                "mean_accepted_length": round(self.mean_accepted_length, 4),
+                "acceptance_by_position": [round(n / self.num_drafts, 4) if self.num_drafts
+                                           else 0.0 for n in per_pos]}
+
     def as_dict(self) -> dict:
         return {"spec_decode_num_drafts": self.num_drafts,
                 "spec_decode_num_draft_tokens": self.num_draft_tokens,
