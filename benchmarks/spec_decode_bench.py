@@ -1,0 +1,254 @@
+"""Speculative decoding with the embedded default model: exactness, acceptance, speed.
+
+Runs on the CPU or a GPU, in one process, peers included:
+
+    python benchmarks/spec_decode_bench.py --out DIR [--device cuda] [--hf]
+
+For each method (none, ``ngram``, ``draft_model`` with the shipped draft):
+- greedy tokens of every prompt must equal those without speculation (checked, counted);
+- acceptance rate and mean accepted length, on prompts from the training corpus and on
+  English prompts that are not in it;
+- batch-1 latency (128 new tokens per prompt, one prompt at a time) and its speed-up;
+- throughput at batch sizes 1..64: where speculation stops paying (the crossover), and the
+  same run with ``disable_by_batch_size`` at the crossover;
+- with ``--hf``: HF ``generate`` at batch 1 on the same model, plain and with the draft as
+  its ``assistant_model`` (HF's assisted generation), on the same device.
+
+Everything printed goes to ``DIR/log.txt``, figures to ``DIR/spec_decode.json``; the table
+comes last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+#: English prompts that are not in the corpus (written for this benchmark).
+OUT_OF_CORPUS = [
+    "The weather in the mountains changed quickly that afternoon, and the hikers",
+    "She opened the letter slowly, afraid of what her brother might have written",
+    "A good bread needs only flour, water, salt and time, but the baker",
+    "The train was late again, so the passengers on the platform",
+    "After the storm, the fishermen counted their boats and found that",
+    "The museum's new exhibition brings together paintings from three centuries",
+    "Every morning the old man fed the pigeons in the square before he",
+    "The children built a small wooden raft and carried it down to the river",
+]
+NUM_CORPUS_PROMPTS = 8
+PROMPT_TOKENS = 32
+
+
+def log(out: str, line: str) -> None:
+    print(line, flush=True)
+    with open(os.path.join(out, "log.txt"), "a") as f:
+        f.write(line + "\n")
+
+
+def corpus_prompts(tokenizer) -> list[list[int]]:
+    """Windows of the training text at fixed random offsets."""
+    from llmserve.testing import local_text
+
+    ids = tokenizer.encode(local_text())
+    rng = random.Random(0)
+    starts = sorted(rng.randrange(0, len(ids) - 1000) for _ in range(NUM_CORPUS_PROMPTS))
+    return [ids[s:s + PROMPT_TOKENS] for s in starts]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_batch1(llm, prompts, new_tokens, device) -> tuple[float, list[list[int]]]:
+    """Seconds for all prompts one after the other, and their tokens."""
+    from llmserve import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True,
+                            detokenize=False)
+    tokens, total = [], 0.0
+    for p in prompts:
+        sync(device)
+        t0 = time.perf_counter()
+        out = llm.generate({"prompt_token_ids": p}, params, use_tqdm=False)[0]
+        sync(device)
+        total += time.perf_counter() - t0
+        tokens.append(list(out.outputs[0].token_ids))
+    return total, tokens
+
+
+def run_throughput(llm, prompts, batch, new_tokens, device) -> float:
+    from llmserve import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True,
+                            detokenize=False)
+    items = [{"prompt_token_ids": prompts[i % len(prompts)]} for i in range(batch)]
+    sync(device)
+    t0 = time.perf_counter()
+    llm.generate(items, params, use_tqdm=False)
+    sync(device)
+    return batch * new_tokens / (time.perf_counter() - t0)
+
+
+def spec_delta(llm, before: dict | None) -> dict:
+    stats = llm.llm_engine.core.scheduler.spec_stats
+    if stats is None:
+        return {}
+    now = stats.as_dict()
+    if before is None:
+        return now
+    return {k: (v - before[k] if not isinstance(v, list) else
+                [a - b for a, b in zip(v, before[k])]) for k, v in now.items()}
+
+
+def acceptance(delta: dict) -> dict:
+    drafts = delta.get("spec_decode_num_drafts", 0)
+    proposed = delta.get("spec_decode_num_draft_tokens", 0)
+    accepted = delta.get("spec_decode_num_accepted_tokens", 0)
+    return {"drafts": drafts, "draft_tokens": proposed, "accepted_tokens": accepted,
+            "acceptance_rate": accepted / proposed if proposed else 0.0,
+            "mean_accepted_length": 1 + accepted / drafts if drafts else 1.0}
+
+
+def hf_batch1(model, prompts, new_tokens, device, assistant=None) -> float:
+    total = 0.0
+    for p in prompts:
+        ids = torch.tensor([p], device=device)
+        kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  pad_token_id=3)
+        if assistant is not None:
+            kw["assistant_model"] = assistant
+        sync(device)
+        t0 = time.perf_counter()
+        model.generate(ids, **kw)
+        sync(device)
+        total += time.perf_counter() - t0
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64")
+    ap.add_argument("--hf", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    from llmserve import LLM
+    from llmserve.default_model import DEFAULT_MODEL_PATH
+    from llmserve.tokenizer import load_tokenizer
+
+    import llmserve.default_model as default_model
+
+    draft_path = getattr(default_model, "DRAFT_MODEL_PATH", None)
+    if draft_path is not None and not os.path.isfile(os.path.join(draft_path, "config.json")):
+        draft_path = None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+    card = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    log(args.out, f"card: {card}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+    tokenizer = load_tokenizer(str(DEFAULT_MODEL_PATH))
+    sets = {"corpus": corpus_prompts(tokenizer),
+            "not in corpus": [tokenizer.encode(t) for t in OUT_OF_CORPUS]}
+    k = args.k
+    methods = {"none": None,
+               "ngram": {"method": "ngram", "num_speculative_tokens": k,
+                         "prompt_lookup_max": 4, "prompt_lookup_min": 2}}
+    if draft_path is not None:
+        methods["draft_model"] = {"method": "draft_model", "num_speculative_tokens": k}
+    else:
+        log(args.out, "no shipped draft model: draft_model skipped")
+    batches = [int(b) for b in args.batches.split(",")]
+    report: dict = {"card": card, "k": k, "new_tokens": args.tokens, "methods": {}}
+    reference: dict[str, list] = {}
+    for name, spec in methods.items():
+        llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
+                  speculative_config=spec, gpu_memory_utilization=0.3)
+        run_batch1(llm, sets["corpus"][:1], 16, device)  # warm-up
+        entry: dict = {"batch1": {}, "throughput": {}}
+        for set_name, prompts in sets.items():
+            before = spec_delta(llm, None)
+            seconds, tokens = run_batch1(llm, prompts, args.tokens, device)
+            if name == "none":
+                reference[set_name] = tokens
+            mismatches = sum(a != b for a, b in zip(tokens, reference[set_name]))
+            entry["batch1"][set_name] = {
+                "seconds": seconds, "tok_s": len(prompts) * args.tokens / seconds,
+                "mismatched_prompts": mismatches, **acceptance(spec_delta(llm, before))}
+            log(args.out, f"  {name:12s} {set_name:14s} batch 1: "
+                          f"{entry['batch1'][set_name]['tok_s']:.0f} tok/s, "
+                          f"{mismatches} mismatched, acceptance "
+                          f"{entry['batch1'][set_name]['acceptance_rate']:.3f}, mean length "
+                          f"{entry['batch1'][set_name]['mean_accepted_length']:.2f}")
+        for b in batches:
+            entry["throughput"][b] = run_throughput(llm, sets["corpus"], b, args.tokens, device)
+        log(args.out, f"  {name:12s} throughput: " + ", ".join(
+            f"{b}: {v:.0f}" for b, v in entry["throughput"].items()))
+        report["methods"][name] = entry
+        del llm
+    base = report["methods"]["none"]
+    for name, entry in report["methods"].items():
+        if name == "none":
+            continue
+        for set_name, figures in entry["batch1"].items():
+            figures["speedup"] = base["batch1"][set_name]["seconds"] / figures["seconds"]
+        slower = [b for b in batches if entry["throughput"][b] < base["throughput"][b]]
+        entry["crossover_batch"] = min(slower) if slower else None
+    best = max((n for n in report["methods"] if n != "none"),
+               key=lambda n: report["methods"][n]["batch1"]["corpus"]["speedup"])
+    crossover = report["methods"][best]["crossover_batch"]
+    if crossover is not None:
+        spec = dict(methods[best], disable_by_batch_size=crossover)
+        llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
+                  speculative_config=spec, gpu_memory_utilization=0.3)
+        run_batch1(llm, sets["corpus"][:1], 16, device)
+        report["disable_by_batch_size"] = {
+            "method": best, "disable_by_batch_size": crossover,
+            "throughput": {b: run_throughput(llm, sets["corpus"], b, args.tokens, device)
+                           for b in batches}}
+        log(args.out, f"  {best} + disable_by_batch_size={crossover}: " + ", ".join(
+            f"{b}: {v:.0f}" for b, v in report["disable_by_batch_size"]["throughput"].items()))
+        del llm
+    if args.hf:
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        hf = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_PATH, dtype=dtype).to(device)
+        prompts = sets["corpus"][:4]
+        hf_batch1(hf, prompts[:1], 8, device)
+        report["hf"] = {"prompts": len(prompts),
+                        "generate_tok_s": len(prompts) * args.tokens
+                        / hf_batch1(hf, prompts, args.tokens, device)}
+        if draft_path is not None:
+            assistant = AutoModelForCausalLM.from_pretrained(draft_path, dtype=dtype).to(device)
+            hf_batch1(hf, prompts[:1], 8, device, assistant)
+            report["hf"]["assisted_tok_s"] = len(prompts) * args.tokens / hf_batch1(
+                hf, prompts, args.tokens, device, assistant)
+        log(args.out, f"  HF generate batch 1: {report['hf']}")
+    with open(os.path.join(args.out, "spec_decode.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+    log(args.out, f"\n| method | prompts | batch-1 tok/s | speed-up | acceptance | mean length "
+                  f"| mismatched | crossover batch |")
+    log(args.out, "|---|---|---|---|---|---|---|---|")
+    for name, entry in report["methods"].items():
+        for set_name, fig in entry["batch1"].items():
+            log(args.out, f"| {name} | {set_name} | {fig['tok_s']:.0f} | "
+                          f"{fig.get('speedup', 1.0):.2f}x | {fig['acceptance_rate']:.3f} | "
+                          f"{fig['mean_accepted_length']:.2f} | {fig['mismatched_prompts']} | "
+                          f"{entry.get('crossover_batch', '')} |")
+    bad = sum(f["mismatched_prompts"] for e in report["methods"].values()
+              for f in e["batch1"].values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
