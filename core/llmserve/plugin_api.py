@@ -126,6 +126,7 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.plugin_testing.platform",    # platform and runner conformance checks
     "llmserve.plugin_testing.structured_output",  # grammar-backend conformance checks
     "llmserve.plugin_testing.hf_parity",   # engine-vs-HF parity checks
+    "llmserve.plugin_testing.spec_decode",  # proposer conformance checks
     "llmserve.testing",               # tiny models and a local tokenizer
 )
 

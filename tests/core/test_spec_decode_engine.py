@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from llmserve import LLM, SamplingParams, hookimpl
@@ -286,3 +287,19 @@ def test_constrained_and_penalised_requests_beside_drafting_ones(target_dir, ref
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
     assert got[0].text in ("red", "blue") and got[2].token_ids == reference[2]
     assert spec_stats(llm)["spec_decode_num_accepted_tokens"] > 0
+
+
+def test_proposer_conformance_kit(target_dir):
+    from llmserve.plugin_testing.spec_decode import check_proposer
+    from llmserve.spec_decode.ngram import NgramProposer
+
+    stats = check_proposer(NgramProposer, target_dir, prompt_lookup_max=3)
+    assert stats["spec_decode_num_accepted_tokens"] > 0  # the repeating prompt
+    assert check_proposer(RepeatProposer, target_dir)["spec_decode_num_drafts"] > 0
+
+    class Greedy(RepeatProposer):
+        def propose(self, batch):
+            return [np.concatenate([d, d[:1], [1]]) for d in super().propose(batch)]
+
+    with pytest.raises(AssertionError, match="more than max_drafts"):
+        check_proposer(Greedy, target_dir)

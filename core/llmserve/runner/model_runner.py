@@ -497,7 +497,7 @@ class ModelRunner(ModelRunnerBase):
             req_ids=[req_ids[i] for i in sample_idx], rows=rows, token_ids=batch.token_ids,
             num_tokens=num_tokens, max_drafts=max_drafts, block_table=batch.block_table))
         for i, tokens in zip(sample_idx.tolist(), proposed):
-            drafts[i] = tokens.tolist()
+            drafts[i] = np.asarray(tokens, dtype=np.int64).tolist()
         return drafts
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
