@@ -12,7 +12,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from llmserve import LLM, SamplingParams, hookimpl
 from llmserve.config import EngineArgs
 from llmserve.engine.llm_engine import LLMEngine
