@@ -183,6 +183,8 @@ def train(args) -> None:
           f"(python {facts.get('python', '?')}), {n_tokens} tokens, vocab {len(tok)}",
           flush=True)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     use_bf16 = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -338,6 +340,8 @@ def main(argv=None) -> None:
                    help="seconds; if >0, shrink --steps after calibration to fit")
     p.add_argument("--calibrate-steps", type=int, default=50)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads for CPU work (0: torch's default)")
     p.add_argument("--save-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = p.parse_args(argv)
     if args.dump_data:
