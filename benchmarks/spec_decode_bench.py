@@ -83,7 +83,13 @@ def run_batch1(llm, prompts, new_tokens, device) -> tuple[float, list[list[int]]
 
 
 def run_throughput(llm, prompts, batch, new_tokens, device) -> float:
+    """Output tok/s of ``batch`` requests at once, after an untimed short run of the same
+    batch (a GPU compiles kernels for shapes it has not seen)."""
     from llmserve import SamplingParams
+
+    warm = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, detokenize=False)
+    llm.generate([{"prompt_token_ids": prompts[i % len(prompts)]} for i in range(batch)], warm,
+                 use_tqdm=False)
 
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True,
                             detokenize=False)
