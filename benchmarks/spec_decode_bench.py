@@ -21,6 +21,7 @@ comes last.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -41,6 +42,11 @@ OUT_OF_CORPUS = [
     "The children built a small wooden raft and carried it down to the river",
 ]
 NUM_CORPUS_PROMPTS = 8
+#: Largest logprob gap between the reference's two best tokens at which a speculative run
+#: may pick the other one: in bf16 a logit of magnitude 8 to 16 is rounded to 1/16, and a
+#: verification step (several query tokens) and a decode step round differently. Four such
+#: steps. In float32 no divergence is allowed in practice (none was seen on the CPU).
+NEAR_TIE = 0.25
 PROMPT_TOKENS = 32
 
 
@@ -63,6 +69,13 @@ def corpus_prompts(tokenizer) -> list[list[int]]:
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    """Give a finished engine's memory back before the next one plans its KV cache."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def run_batch1(llm, prompts, new_tokens, device) -> tuple[float, list[list[int]]]:
@@ -206,7 +219,7 @@ def main() -> int:
     top2: dict[str, list] = {}
     for name, spec in methods.items():
         llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
-                  speculative_config=spec, gpu_memory_utilization=0.3)
+                  speculative_config=spec, gpu_memory_utilization=0.1)
         for prompts in sets.values():  # warm-up: every prompt once, a few tokens
             run_batch1(llm, prompts, 8, device)
         entry: dict = {"batch1": {}, "throughput": {}}
@@ -234,6 +247,7 @@ def main() -> int:
             f"{b}: {v:.0f}" for b, v in entry["throughput"].items()))
         report["methods"][name] = entry
         del llm
+        free(device)
     base = report["methods"]["none"]
     for name, entry in report["methods"].items():
         if name == "none":
@@ -250,7 +264,7 @@ def main() -> int:
     elif crossover is not None:
         spec = dict(methods[best], disable_by_batch_size=crossover)
         llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
-                  speculative_config=spec, gpu_memory_utilization=0.3)
+                  speculative_config=spec, gpu_memory_utilization=0.1)
         run_batch1(llm, sets["corpus"][:1], 16, device)
         report["disable_by_batch_size"] = {
             "method": best, "disable_by_batch_size": crossover,
@@ -259,6 +273,7 @@ def main() -> int:
         log(args.out, f"  {best} + disable_by_batch_size={crossover}: " + ", ".join(
             f"{b}: {v:.0f}" for b, v in report["disable_by_batch_size"]["throughput"].items()))
         del llm
+        free(device)
     if args.hf:
         from transformers import AutoModelForCausalLM
 
@@ -287,9 +302,11 @@ def main() -> int:
                           f"{fig.get('speedup', 1.0):.2f}x | {fig['acceptance_rate']:.3f} | "
                           f"{fig['mean_accepted_length']:.2f} | {fig['mismatched_prompts']} | "
                           f"{entry.get('crossover_batch', '')} |")
-    # A divergence that is not a near-tie (the other token second, within 0.1 nats) is a bug.
+    # A divergence that is not a near-tie is a bug: near means the other token is the
+    # reference's second choice within NEAR_TIE nats.
     bad = [d for e in report["methods"].values() for f in e["batch1"].values()
-           for d in f["divergences"] if not (d["speculative_is_second_choice"] and d["gap"] < 0.1)]
+           for d in f["divergences"]
+           if not (d["speculative_is_second_choice"] and d["gap"] <= NEAR_TIE)]
     if bad:
         log(args.out, f"DIVERGENCES BEYOND NEAR-TIES: {bad}")
     return 1 if bad else 0
