@@ -22,13 +22,12 @@ from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
 from llmserve.models.loader import load_model, read_hf_config, resolve_architecture
 from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
-from llmserve.sample.sampler import SamplerOutput, compute_prompt_logprobs
+from llmserve.sample.sampler import SamplerOutput, compute_prompt_logprobs, gather_logprobs
 from llmserve.scheduler.output import (GrammarBitmask, LogprobsLists, ModelRunnerOutput,
                                        SchedulerOutput)
 from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
-from llmserve.sample.sampler import gather_logprobs
 from llmserve.sampling_params import SAMPLING_EPS
 from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
 from llmserve.spec_decode.rejection import PAD, rejection_sample
