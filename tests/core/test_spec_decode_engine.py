@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import torch
 import pytest
 from llmserve import LLM, SamplingParams, hookimpl
 from llmserve.config import EngineArgs
@@ -319,3 +320,59 @@ def test_the_default_model_drafts_with_its_shipped_draft():
     assert [o.outputs[0].token_ids for o in outs] == [s["token_ids"] for s in GREEDY_SAMPLES]
     stats = llm.llm_engine.core.scheduler.spec_stats
     assert stats.acceptance_rate > 0.35 and stats.mean_accepted_length > 2.3
+
+
+class ObservingProposer(RepeatProposer):
+    """Records every target forward it is shown, with the inputs of layers 0 and 1."""
+
+    observes_target = True
+    seen: list = []
+
+    def target_layers(self):
+        return (0, 1)
+
+    def observe(self, step):
+        ObservingProposer.seen.append(
+            (step.rows.copy(), step.computed.copy(), step.num_scheduled.copy(),
+             step.query_start.copy(), step.hidden_states.clone(),
+             step.aux_hidden_states.clone()))
+
+
+def test_an_observing_proposer_sees_every_computed_token(target_dir, reference):
+    """``observe`` covers each position once per computation (drafts included), with the
+    final hidden states and the requested layers' inputs (layer 0's is the embedding)."""
+    ObservingProposer.seen = []
+
+    class Plugin:
+        LLMSERVE_PLUGIN_API = ">=1.5,<2"
+
+        @hookimpl
+        def llmserve_speculative_proposers(self):
+            return {"observing": ObservingProposer}
+
+    pm = fresh_plugin_manager()
+    with registered_plugin(pm, Plugin(), "observing"):
+        engine_ = LLMEngine(EngineArgs(model=target_dir, dtype="float32", max_model_len=256,
+                                       speculative_config={"method": "observing",
+                                                           "num_speculative_tokens": K}), pm)
+        prompt = PROMPTS[3]
+        engine_.add_request("r", prompt, greedy())
+        while engine_.has_unfinished_requests():
+            for out in engine_.step():
+                output = list(out.outputs[0].token_ids)
+    assert output == reference[3]
+    model = engine_.core.runner.model
+    tokens = prompt + output
+    # Positions computed, in order, with restarts at the rollback points.
+    next_position = 0
+    for rows, computed, num_sched, start, hidden, aux in ObservingProposer.seen:
+        assert len(rows) == 1 and start[0] == 0 and hidden.shape[0] == num_sched[0]
+        assert computed[0] <= next_position
+        next_position = computed[0] + num_sched[0]
+        assert aux.shape == (hidden.shape[0], 2 * hidden.shape[1])
+        ids = torch.tensor(tokens[computed[0]:computed[0] + num_sched[0]])
+        if computed[0] + num_sched[0] <= len(prompt):
+            embeds = model.embed_input_ids(ids)
+            torch.testing.assert_close(aux[:, :hidden.shape[1]], embeds)
+    assert next_position >= len(tokens) - 1
+    assert engine_.core.stats()["spec_decode_num_draft_tokens"] > 0

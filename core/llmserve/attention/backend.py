@@ -48,6 +48,12 @@ class ForwardContext:
     #: [num_seqs] each scheduled sequence's slot in the state layers' tensors; None when the
     #: model has no per-request state layer.
     state_slots: Optional[torch.Tensor] = None
+    #: Decoder layers whose input (the residual stream entering layer ``i``) the model
+    #: appends to ``aux_hidden_states``, in this order: what a speculative proposer that
+    #: reads several layers (EAGLE-3) asks for. Models that can do this set
+    #: ``supports_aux_hidden_states = True``.
+    aux_hidden_layers: tuple[int, ...] = ()
+    aux_hidden_states: list = field(default_factory=list)
 
 
 class AttentionBackend(ABC):

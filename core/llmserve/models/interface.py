@@ -11,6 +11,11 @@ class is constructed on the target device as ``cls(cfg, ctx)``, ``load_weights``
 checkpoint in, ``cache_specs`` says what each caching layer keeps between steps, and every step
 calls the module (its ``forward``) on the flat token batch and ``compute_logits`` on the rows
 that sample.
+
+Optional capabilities, looked up with ``getattr`` by the features that need them:
+``embed_input_ids(input_ids)`` (token embeddings, shared with draft heads such as EAGLE) and
+``supports_aux_hidden_states = True`` (``forward`` appends the inputs of the decoder layers
+named by ``ForwardContext.aux_hidden_layers`` to ``ForwardContext.aux_hidden_states``).
 """
 
 from __future__ import annotations

@@ -156,7 +156,10 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids, positions, fctx):
         hidden = self.embed_tokens(input_ids)
         residual = None
-        for layer in self.layers:
+        aux = fctx.aux_hidden_layers
+        for i, layer in enumerate(self.layers):
+            if i in aux:
+                fctx.aux_hidden_states.append(hidden if residual is None else hidden + residual)
             hidden, residual = layer(positions, hidden, residual, fctx)
         hidden, _ = self.norm(hidden, residual)
         return hidden
@@ -165,6 +168,9 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Serves the HF architectures LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
     Qwen3ForCausalLM."""
+
+    #: ``forward`` records the layer inputs that ``ForwardContext.aux_hidden_layers`` names.
+    supports_aux_hidden_states = True
 
     def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
         super().__init__()
@@ -191,6 +197,10 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, [num_tokens, hidden]: shared with draft heads (EAGLE)."""
+        return self.model.embed_tokens(input_ids)
 
     def attention_layers(self) -> list[LlamaAttention]:
         return [layer.self_attn for layer in self.model.layers]

@@ -88,7 +88,8 @@ class GraphModelRunner(ModelRunner):
             raise TypeError(f"GraphModelRunner needs a GpuPlatform (it captures through "
                             f"torch.cuda); platform {config.platform.name!r} is not one")
         super().__init__(config)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        #: size -> (graph, hidden states, auxiliary hidden states or None)
+        self.graphs: dict[int, tuple] = {}
         self.sizes: list[int] = []
         self.capture_s = 0.0
 
@@ -159,16 +160,23 @@ class GraphModelRunner(ModelRunner):
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):
             md = self._static_metadata(size)
-            fctx = ForwardContext(md, self.kv_caches,
-                                  self.static[4, :size] if self.has_state_layers else None)
             ids, pos = self.static[0, :size], self.static[1, :size]
+
+            def forward():
+                fctx = ForwardContext(md, self.kv_caches,
+                                      self.static[4, :size] if self.has_state_layers else None,
+                                      aux_hidden_layers=self.aux_layers)
+                out = self.model(ids, pos, fctx)
+                aux = torch.cat(fctx.aux_hidden_states, dim=-1) if self.aux_layers else None
+                return out, aux
+
             for _ in range(2):  # compile kernels and settle allocations outside the capture
-                self.model(ids, pos, fctx)
+                forward()
             self.platform.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                out = self.model(ids, pos, fctx)
-            self.graphs[size] = (graph, out)
+                out, aux = forward()
+            self.graphs[size] = (graph, out, aux)
         self.platform.synchronize()
         self.capture_s = time.monotonic() - t0
         logger.info("captured %d CUDA graphs (decode batch sizes %d..%d) in %.2f s",
@@ -194,6 +202,8 @@ class GraphModelRunner(ModelRunner):
                                          non_blocking=True)
         if size > n:
             self.block_tables[n:size, 0] = self.scratch_block
-        graph, out = self.graphs[size]
+        graph, out, aux = self.graphs[size]
         graph.replay()
+        if aux is not None:
+            self.step_aux_hidden = aux[:n]
         return out[:n]

@@ -29,7 +29,8 @@ from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
                                       FEATURE_PROCESSORS)
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
 from llmserve.sampling_params import SAMPLING_EPS
-from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
+from llmserve.spec_decode.proposer import (ProposalBatch, Proposer, ProposerContext,
+                                           TargetStep)
 from llmserve.spec_decode.rejection import PAD, rejection_sample
 
 #: Sampling features that read a request's output tokens on the host.
@@ -101,6 +102,10 @@ class ModelRunner(ModelRunnerBase):
         self.speculate_below = (spec.disable_by_batch_size if spec else None) or float("inf")
         #: Caching layers of the proposer (a draft model's), planned after the target's.
         self.num_proposer_cache_layers = 0
+        #: Decoder layers whose inputs the proposer reads (EAGLE-3), and the step's
+        #: ``[num_tokens, len * hidden]`` of them, set by ``run_model``.
+        self.aux_layers: tuple[int, ...] = ()
+        self.step_aux_hidden: Optional[torch.Tensor] = None
 
     def load_model(self) -> None:
         """Seed torch (dummy weights and unseeded sampling draw from it), then build the model
@@ -115,6 +120,13 @@ class ModelRunner(ModelRunnerBase):
         if config.proposer_cls is not None:
             self.proposer = config.proposer_cls(self._proposer_context())
             self.proposer.load()
+            self.aux_layers = tuple(self.proposer.target_layers())
+            if self.aux_layers and not getattr(self.model, "supports_aux_hidden_states",
+                                               False):
+                raise ValueError(
+                    f"speculative method {config.engine.speculative.method!r} reads the "
+                    f"inputs of decoder layers {list(self.aux_layers)}, which the target "
+                    f"architecture {type(self.model).__name__} cannot give")
 
     def _proposer_context(self) -> ProposerContext:
         config = self.config
@@ -134,7 +146,8 @@ class ModelRunner(ModelRunnerBase):
             block_size=self.block_size, max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, load_format=config.load_format,
             load_model=load_draft, attention_metadata=self.attention_metadata,
-            upload=self.upload, inference_mode=self.platform.inference_mode)
+            upload=self.upload, inference_mode=self.platform.inference_mode,
+            target=self.model)
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -301,13 +314,17 @@ class ModelRunner(ModelRunnerBase):
         md = self._attention_metadata(step)
         input_ids = self.upload(step.input_ids)
         self._fill_pending_inputs(input_ids, step)
-        return self.model(input_ids, self.upload(step.positions), self._forward_context(md, step))
+        fctx = self._forward_context(md, step)
+        hidden = self.model(input_ids, self.upload(step.positions), fctx)
+        if self.aux_layers:
+            self.step_aux_hidden = torch.cat(fctx.aux_hidden_states, dim=-1)
+        return hidden
 
     def _forward_context(self, md: AttentionMetadata, step: StepBatch) -> ForwardContext:
         slots = None
         if self.has_state_layers:
             slots = self.upload(self.batch.state_slot[step.rows])
-        return ForwardContext(md, self.kv_caches, slots)
+        return ForwardContext(md, self.kv_caches, slots, aux_hidden_layers=self.aux_layers)
 
     def _copy_state_rows(self, copies: list[tuple[int, int]]) -> None:
         """Copy rows ``src -> dst`` in every state tensor (prefix-cache snapshots), queued on
@@ -346,6 +363,11 @@ class ModelRunner(ModelRunnerBase):
         hidden = self.run_model(step)
         self._copy_state_rows(so.state_saves)
         rows, cu, seq_lens = step.rows, step.cu, step.seq_lens
+        if self.proposer is not None and self.proposer.observes_target:
+            self.proposer.observe(TargetStep(
+                rows=rows, computed=step.computed, num_scheduled=step.num_sched,
+                query_start=cu - step.num_sched, hidden_states=hidden,
+                aux_hidden_states=self.step_aux_hidden if self.aux_layers else None))
 
         # Requests whose computed tokens reach everything known sample a token this step.
         batch.num_computed[rows] = seq_lens

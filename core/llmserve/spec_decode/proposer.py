@@ -14,6 +14,11 @@ blocks: ``cache_specs`` adds its layers to the KV plan, the layers share the tar
 tables (so prefix caching and preemption need nothing extra), and ``needs_lookahead`` makes
 the scheduler allocate ``num_speculative_tokens`` slots past the verified tokens for the
 draft's own steps.
+
+A proposer that reads the target's hidden states (EAGLE) sets ``observes_target``: after every
+target forward, before sampling, ``observe`` gets a ``TargetStep`` with the hidden states of
+every token the step computed, and the inputs of the decoder layers ``target_layers()``
+names.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -59,6 +64,31 @@ class ProposerContext:
     upload: Callable[[np.ndarray], torch.Tensor]
     #: The platform's inference-mode context for forward passes.
     inference_mode: Callable[[], AbstractContextManager]
+    #: The loaded target model (a ``CausalLM``): share its modules read-only, e.g. its
+    #: ``compute_logits`` and, where the architecture has it, ``embed_input_ids``.
+    target: Optional[torch.nn.Module] = None
+
+
+@dataclass(frozen=True)
+class TargetStep:
+    """One forward of the target, as a proposer that ``observes_target`` sees it.
+
+    Per request of the step (numpy): its runner row, the tokens its KV cache held before the
+    step (the position of its first new token) and the tokens the step computed, which sit
+    at ``query_start[i] ..`` of the flat batch. Drafts verified this step are included: which
+    of them were accepted is known only at the next ``propose``. The tensors are valid
+    during the call: copy what is kept.
+    """
+
+    rows: np.ndarray
+    computed: np.ndarray
+    num_scheduled: np.ndarray
+    query_start: np.ndarray
+    #: [num_tokens, hidden] the target's final hidden states (what ``compute_logits`` reads).
+    hidden_states: torch.Tensor
+    #: [num_tokens, len(target_layers()) * hidden] the inputs of those decoder layers,
+    #: concatenated in order; None when ``target_layers()`` is empty.
+    aux_hidden_states: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -88,13 +118,17 @@ class Proposer(ABC):
 
     Order of calls: ``__init__``, ``load``, ``cache_specs``, ``bind_kv_cache`` (its layers'
     caches, planned with the target's), then per step ``add_request`` for each request the
-    runner (re)builds and ``propose`` for the decoding requests.
+    runner (re)builds, ``observe`` after the target's forward (``observes_target`` only)
+    and ``propose`` for the decoding requests.
     """
 
     #: Whether drafting writes the KV of positions past the verified tokens (a draft model
     #: decoding its own drafts): the scheduler then allocates ``num_speculative_tokens``
     #: lookahead slots per request.
     needs_lookahead: ClassVar[bool] = False
+    #: Whether ``observe`` is called after every target forward (EAGLE reads the hidden
+    #: states).
+    observes_target: ClassVar[bool] = False
 
     def __init__(self, context: ProposerContext) -> None:
         self.context = context
@@ -114,6 +148,14 @@ class Proposer(ABC):
         """A request (new, or resumed after preemption) now owns ``row``; its first
         ``num_computed_tokens`` tokens are in the KV cache (a prefix hit), and the rest will
         be computed again."""
+
+    def target_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose inputs ``TargetStep.aux_hidden_states`` should carry (EAGLE-3
+        reads three); the target's architecture must set ``supports_aux_hidden_states``."""
+        return ()
+
+    def observe(self, step: TargetStep) -> None:
+        """The target's forward of a step, before its sampling (``observes_target`` only)."""
 
     @abstractmethod
     def propose(self, batch: ProposalBatch) -> list[np.ndarray]:
