@@ -366,7 +366,8 @@ class ModelRunner(ModelRunnerBase):
         if self.proposer is not None and self.proposer.observes_target:
             self.proposer.observe(TargetStep(
                 rows=rows, computed=step.computed, num_scheduled=step.num_sched,
-                query_start=cu - step.num_sched, hidden_states=hidden,
+                query_start=cu - step.num_sched, token_ids=batch.token_ids,
+                num_tokens=batch.num_tokens[rows], hidden_states=hidden,
                 aux_hidden_states=self.step_aux_hidden if self.aux_layers else None))
 
         # Requests whose computed tokens reach everything known sample a token this step.

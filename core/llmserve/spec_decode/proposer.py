@@ -84,6 +84,10 @@ class TargetStep:
     computed: np.ndarray
     num_scheduled: np.ndarray
     query_start: np.ndarray
+    #: The runner's token table (read it, do not write it) and each request's known tokens:
+    #: row ``r`` holds ``num_tokens`` final ids, then the drafts this step verifies.
+    token_ids: np.ndarray
+    num_tokens: np.ndarray
     #: [num_tokens, hidden] the target's final hidden states (what ``compute_logits`` reads).
     hidden_states: torch.Tensor
     #: [num_tokens, len(target_layers()) * hidden] the inputs of those decoder layers,
