@@ -122,3 +122,131 @@ def test_graph_runner_keeps_one_scratch_state_row_beyond_slots_and_snapshots(tin
     assert runner.scratch_state_row == 4
     assert [tuple(t.shape) for t in runner.kv_caches[-1]] == [(5, 3, 4), (5, 2)]
     assert [tuple(t.shape) for t in runner.state_tensors] == [(5, 3, 4), (5, 2)]
+
+
+# ---- the replay paths on the CPU -------------------------------------------------------------
+
+
+class EagerReplayRunner(GraphModelRunner):
+    """A graph runner whose "recordings" re-run the recorded function: every replay path
+    (padding, inert columns, layouts, the proposer's recorded drafting) runs here, on the
+    CPU, exactly as the device would run it, only without a graph.
+
+    The torch reference backend plans its masks from the metadata's values, where a graph's
+    backend (Triton) reads them on the device: each replay plans the static metadata anew.
+    """
+
+    replays: dict = {}
+
+    def graph_attention_metadata(self, *args, **kwargs):
+        md = super().graph_attention_metadata(*args, **kwargs)
+        self.__dict__.setdefault("static_metadata", []).append(md)
+        return md
+
+    def record(self, fn):
+        key = len(EagerReplayRunner.replays)
+        EagerReplayRunner.replays[key] = 0
+
+        def replay():
+            EagerReplayRunner.replays[key] += 1
+            for md in self.static_metadata:
+                self.attn_backend.prepare(md)
+            return fn()
+
+        fn()
+        return replay
+
+
+class EagerReplayPlatform(CpuPlatform, GpuPlatform):
+    """The CPU, where the graph runner runs with ``EagerReplayRunner``'s recordings."""
+
+    name = "eager-replay"
+    priority = -1
+    device_type = "cpu"
+    can_pin_memory = False
+
+    @classmethod
+    def device(cls) -> torch.device:
+        return torch.device("cpu")
+
+    @classmethod
+    def synchronize(cls) -> None:
+        pass
+
+    @classmethod
+    def record_event(cls):
+        return CpuPlatform.record_event()
+
+    @classmethod
+    def reset_peak_memory(cls) -> None:
+        pass
+
+    @classmethod
+    def model_runner_class(cls):
+        return EagerReplayRunner
+
+
+PROMPTS = [[7], [5, 9, 11, 300], list(range(20, 60)), [40, 41, 42, 43] * 15,
+           [100 + i % 7 for i in range(30)]]
+
+
+def _greedy_tokens(engine, prompts, new_tokens=20) -> list[list[int]]:
+    from llmserve.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{len(engine.seen)}-{i}", p, params)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            done[out.request_id] = list(out.outputs[0].token_ids)
+    engine.seen.append(1)
+    return [done[f"r{len(engine.seen) - 1}-{i}"] for i in range(len(prompts))]
+
+
+@pytest.mark.parametrize("spec", [
+    {"method": "ngram", "num_speculative_tokens": 3},
+    {"method": "draft_model", "num_speculative_tokens": 4},
+], ids=["ngram", "draft_model"])
+def test_verification_and_drafting_replays_keep_greedy_tokens(tiny_models, spec):
+    """Steps of at most k + 1 tokens per request replay the verification graph, laid out
+    k + 1 columns per request; the draft model replays its recorded drafting. Greedy tokens
+    stay those of the plain engine, over prompts of 1 to 60 tokens and batches of 1 to 5."""
+    from llmserve import hookimpl
+    from llmserve.engine.llm_engine import LLMEngine
+    from llmserve.plugin_testing import registered_plugin
+
+    path = tiny_models["LlamaForCausalLM"]
+    if spec["method"] == "draft_model":
+        spec = {**spec, "model": path}
+    args = dict(model=path, dtype="float32", max_model_len=256, max_num_seqs=8)
+    plain = LLMEngine(EngineArgs(**args), fresh_plugin_manager())
+    plain.seen = []
+    want = _greedy_tokens(plain, PROMPTS)
+    plugin = type("P", (), {"llmserve_platforms": staticmethod(
+        hookimpl(lambda: [EagerReplayPlatform]))})()
+    EagerReplayRunner.replays = {}
+    pm = fresh_plugin_manager()
+    with registered_plugin(pm, plugin, "eager-replay"):
+        engine = LLMEngine(EngineArgs(**args, device="eager-replay", speculative_config=spec),
+                           pm)
+        engine.seen = []
+        runner = engine.core.runner
+        assert isinstance(runner, EagerReplayRunner)
+        got = _greedy_tokens(engine, PROMPTS)
+        one = [_greedy_tokens(engine, [p])[0] for p in PROMPTS[2:4]]
+    assert got == want and one == want[2:4]
+    q = spec["num_speculative_tokens"] + 1
+    verify = runner.graph_sets[q]
+    assert engine.core.stats()["spec_decode_num_accepted_tokens"] > 0
+    # Recordings in order: decode graphs, verification graphs, then the proposer's.
+    counts = list(EagerReplayRunner.replays.values())
+    n = len(runner.sizes)
+    assert len(verify.graphs) == n
+    assert sum(counts[n:2 * n]) > 0
+    if spec["method"] == "ngram":  # steps without drafts decode
+        assert sum(counts[:n]) > 0
+    else:
+        recorded = runner.proposer.recorded
+        assert recorded is not None and recorded.q == q
+        assert len(counts) == 2 * n + len(recorded.sizes) and sum(counts[2 * n:]) > 0

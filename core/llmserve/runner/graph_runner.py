@@ -7,6 +7,12 @@ size ``>= n``; the extra rows write their K/V into a scratch block that belongs 
 advance a scratch state row (models with per-request state layers) and their outputs are
 dropped. Prefill and mixed steps run eagerly.
 
+With speculative decoding, a second set of graphs takes ``k + 1`` tokens per request: a step
+where no request computes more than that (drafts being verified, short prefill tails) is
+laid out with each request's tokens at the start of its ``k + 1`` columns, the rest inert.
+Causal attention keeps the inert tokens out of the real ones' results. The proposer may
+record graphs of its own through ``GraphCapture``, on the same memory pool.
+
 Capture and replay go through ``torch.cuda``, which ROCm builds of torch implement too (as
 HIP graphs), so every ``GpuPlatform`` (NVIDIA, AMD) shares this runner.
 """
@@ -18,7 +24,9 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
@@ -26,6 +34,7 @@ from llmserve.kv_cache.spec import KVCacheConfig
 from llmserve.platforms.gpu import GpuPlatform
 from llmserve.runner.base import RunnerConfig
 from llmserve.runner.model_runner import ModelRunner, StepBatch
+from llmserve.spec_decode.proposer import GraphCapture
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,30 @@ def stage_decode_inputs(host: torch.Tensor, step: StepBatch, size: int, scratch_
         pad_inert(host, n, size, scratch_block, block_size, scratch_state_row)
 
 
+@dataclasses.dataclass
+class GraphSet:
+    """The graphs of one query length: ``q`` tokens per request, at every captured size.
+
+    Static inputs are read by every replay; the host fills one of two pinned staging buffers
+    (used in turn: the previous step's copy may still be queued) and one copy moves them.
+    Columns are tokens: request ``i`` owns columns ``i*q .. i*q + q - 1``; row 3 holds the
+    per-request sequence lengths and row 4 the state rows in its first ``size`` columns.
+    """
+
+    q: int
+    static: torch.Tensor
+    staging: list
+    query_start_loc: torch.Tensor
+    block_tables: torch.Tensor
+    #: size -> replay() -> (hidden states, auxiliary hidden states or None)
+    graphs: dict = dataclasses.field(default_factory=dict)
+    turn: int = 0
+
+    def next_staging(self) -> torch.Tensor:
+        self.turn ^= 1
+        return self.staging[self.turn]
+
+
 class GraphModelRunner(ModelRunner):
     """``ModelRunner`` with decode steps replayed from graphs; for ``GpuPlatform`` only."""
 
@@ -88,10 +121,16 @@ class GraphModelRunner(ModelRunner):
             raise TypeError(f"GraphModelRunner needs a GpuPlatform (it captures through "
                             f"torch.cuda); platform {config.platform.name!r} is not one")
         super().__init__(config)
-        #: size -> (graph, hidden states, auxiliary hidden states or None)
-        self.graphs: dict[int, tuple] = {}
+        #: Query length -> its graphs (1: decode; k + 1: verification, with speculation).
+        self.graph_sets: dict[int, GraphSet] = {}
         self.sizes: list[int] = []
         self.capture_s = 0.0
+        self._pool = None
+
+    @property
+    def graphs(self) -> dict:
+        """The decode graphs, by batch size."""
+        return self.graph_sets[1].graphs if 1 in self.graph_sets else {}
 
     def profile_run(self, num_tokens: int, num_seqs: int) -> None:
         # The KV budget is read off the peak; start it from this engine's weights, not from
@@ -111,99 +150,178 @@ class GraphModelRunner(ModelRunner):
 
     # ---- capture --------------------------------------------------------------------------
 
-    def _static_metadata(self, size: int) -> AttentionMetadata:
+    def graph_attention_metadata(self, query_len: int, seq_lens: torch.Tensor,
+                                 block_tables: torch.Tensor,
+                                 slot_mapping: torch.Tensor) -> AttentionMetadata:
+        """Metadata of a batch of ``query_len`` tokens per sequence over static device
+        tensors, for recording: kernels bound their loops by each sequence's length read
+        from memory, and the plan (split-KV factor) is made once for the longest sequence a
+        replay can see."""
+        num_seqs = len(seq_lens)
+        dev = self.device
         md = AttentionMetadata(
-            num_tokens=size,
-            num_seqs=size,
-            max_query_len=1,
-            # Kernels bound their loops by each sequence's length read from memory; the
-            # plan (split-KV factor) is made once for the longest sequence possible.
-            max_seq_len=self.max_model_len,
+            num_tokens=len(slot_mapping),
+            num_seqs=num_seqs,
+            max_query_len=query_len,
+            max_seq_len=self.max_model_len + self.num_speculative_tokens,
             block_size=self.block_size,
-            query_start_loc=self.query_start_loc[:size + 1],
-            query_lens=self.query_lens[:size],
-            seq_lens=self.static[3, :size],
-            block_tables=self.block_tables[:size],
-            slot_mapping=self.static[2, :size],
+            query_start_loc=self._query_start_locs(query_len)[:num_seqs + 1],
+            query_lens=torch.full((num_seqs,), query_len, dtype=torch.long, device=dev),
+            seq_lens=seq_lens,
+            block_tables=block_tables,
+            slot_mapping=slot_mapping,
         )
         self.attn_backend.prepare(md)
         return md
 
+    def _query_start_locs(self, q: int) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_qsl", {})
+        if q not in cache:
+            cache[q] = torch.arange(self.max_num_seqs + 1, dtype=torch.long,
+                                    device=self.device) * q
+        return cache[q]
+
+    def record(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``fn`` twice (compile kernels, settle allocations), record its device work
+        once on the runner's pool, and return a replay that gives ``fn``'s outputs."""
+        for _ in range(2):
+            fn()
+        self.platform.synchronize()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+
+        def replay(fn=fn):  # fn keeps the static tensors it closes over alive
+            graph.replay()
+            return out
+
+        return replay
+
     def warm_up(self) -> None:
         if os.environ.get(ENV_DISABLE, "1") == "0":
             logger.info("CUDA graphs disabled by %s=0", ENV_DISABLE)
+            super().warm_up()
             return
         with self.platform.inference_mode():
             self._capture()
 
     def _capture(self) -> None:
         t0 = time.monotonic()
-        dev = self.device
         self.sizes = capture_sizes(self.max_num_seqs)
-        max_size = self.sizes[-1]
-        max_blocks = self.batch.block_table.shape[1]
-        # Rows: STAGED_ROWS (one host->device copy per step).
-        self.static = torch.zeros(STAGED_ROWS, max_size, dtype=torch.long, device=dev)
-        # Two pinned staging buffers used in turn: with asynchronous scheduling the host fills
-        # step N+1's while step N's copy may still be queued on the device.
-        self.staging = [self.platform.host_buffer((STAGED_ROWS, max_size), torch.long)
-                        for _ in range(2)]
-        self.static_host = self.staging[0]
-        self.query_start_loc = torch.arange(max_size + 1, dtype=torch.long, device=dev)
-        self.query_lens = torch.ones(max_size, dtype=torch.long, device=dev)
-        self.block_tables = torch.full((max_size, max_blocks), self.scratch_block,
-                                       dtype=torch.long, device=dev)
-        for buf in self.staging:
-            pad_inert(buf, 0, max_size, self.scratch_block, self.block_size,
-                      self.scratch_state_row)
-        self.static[4] = self.scratch_state_row
-        pool = torch.cuda.graph_pool_handle()
-        for size in reversed(self.sizes):
-            md = self._static_metadata(size)
-            ids, pos = self.static[0, :size], self.static[1, :size]
+        queries = [1] + ([self.num_speculative_tokens + 1] if self.proposer is not None else [])
+        for q in queries:
+            self.graph_sets[q] = self._capture_set(q, self.sizes)
+        if self.proposer is not None:
+            self.proposer.warm_up(GraphCapture(
+                sizes=self.sizes, record=self.record,
+                attention_metadata=self.graph_attention_metadata,
+                scratch_slot=self.scratch_block * self.block_size))
+        self.platform.synchronize()
+        self.capture_s = time.monotonic() - t0
+        logger.info("captured CUDA graphs (decode batch sizes %d..%d%s) in %.2f s",
+                    self.sizes[0], self.sizes[-1],
+                    f", and {queries[-1]} tokens per request" if len(queries) > 1 else "",
+                    self.capture_s)
 
-            def forward():
+    def _capture_set(self, q: int, sizes: list[int]) -> GraphSet:
+        dev = self.device
+        max_size = sizes[-1]
+        # Inert verification columns read keys up to k positions past the longest sequence:
+        # the table is wide enough for the longest sequence metadata plans for, and its extra
+        # columns hold the scratch block.
+        width = -(-(self.max_model_len + self.num_speculative_tokens) // self.block_size)
+        gs = GraphSet(
+            q=q,
+            static=torch.zeros(STAGED_ROWS, max_size * q, dtype=torch.long, device=dev),
+            staging=[self.platform.host_buffer((STAGED_ROWS, max_size * q), torch.long)
+                     for _ in range(2)],
+            query_start_loc=self._query_start_locs(q),
+            block_tables=torch.full((max_size, width), self.scratch_block, dtype=torch.long,
+                                    device=dev))
+        for buf in gs.staging:
+            self._pad(buf, q, 0, max_size)
+        gs.static.copy_(gs.staging[0])
+        for size in reversed(sizes):
+            md = self.graph_attention_metadata(q, gs.static[3, :size], gs.block_tables[:size],
+                                               gs.static[2, :size * q])
+            ids, pos = gs.static[0, :size * q], gs.static[1, :size * q]
+            state_rows = gs.static[4, :size]
+
+            def forward(md=md, ids=ids, pos=pos, state_rows=state_rows):
                 fctx = ForwardContext(md, self.kv_caches,
-                                      self.static[4, :size] if self.has_state_layers else None,
+                                      state_rows if self.has_state_layers else None,
                                       aux_hidden_layers=self.aux_layers)
                 out = self.model(ids, pos, fctx)
                 aux = torch.cat(fctx.aux_hidden_states, dim=-1) if self.aux_layers else None
                 return out, aux
 
-            for _ in range(2):  # compile kernels and settle allocations outside the capture
-                forward()
-            self.platform.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out, aux = forward()
-            self.graphs[size] = (graph, out, aux)
-        self.platform.synchronize()
-        self.capture_s = time.monotonic() - t0
-        logger.info("captured %d CUDA graphs (decode batch sizes %d..%d) in %.2f s",
-                    len(self.sizes), self.sizes[0], max_size, self.capture_s)
+            gs.graphs[size] = self.record(forward)
+        return gs
+
+    def _pad(self, host: torch.Tensor, q: int, start: int, end: int) -> None:
+        """Requests [start, end) of a ``q``-token staging buffer become inert."""
+        pad_inert(host, start * q, end * q, self.scratch_block, self.block_size,
+                  self.scratch_state_row)
+        host[3, start:end] = q
 
     # ---- replay ---------------------------------------------------------------------------
 
     def run_model(self, step: StepBatch) -> torch.Tensor:
         n = step.num_seqs
-        size = padded_size(self.sizes, n) if self.graphs and step.is_decode_only else None
+        if step.is_decode_only:
+            gs = self.graph_sets.get(1)
+        else:
+            gs = self.graph_sets.get(self.num_speculative_tokens + 1)
+            if gs is not None and (int(step.num_sched.max()) > gs.q
+                                   or step.pending_flat is not None):
+                gs = None
+        size = padded_size(self.sizes, n) if gs is not None else None
         if size is None:
             return super().run_model(step)
-        self.static_host = self.staging[1] if self.static_host is self.staging[0] \
-            else self.staging[0]
-        host = self.static_host
-        stage_decode_inputs(host, step, size, self.scratch_block, self.block_size,
-                            self.batch.state_slot[step.rows] if self.has_state_layers else None,
-                            self.scratch_state_row)
-        self.static[:, :size].copy_(host[:, :size], non_blocking=True)
-        self._fill_pending_inputs(self.static[0, :size], step)
-        nb = int(-(-int(step.seq_lens.max()) // self.block_size))
-        self.block_tables[:n, :nb].copy_(self.upload(self.batch.block_table[step.rows, :nb]),
-                                         non_blocking=True)
+        q = gs.q
+        host = gs.next_staging()
+        if q == 1:
+            stage_decode_inputs(host, step, size, self.scratch_block, self.block_size,
+                                self.batch.state_slot[step.rows] if self.has_state_layers
+                                else None, self.scratch_state_row)
+            dest = None
+        else:
+            dest = self._stage_uniform(host, step, size, q)
+        gs.static[:, :size * q].copy_(host[:, :size * q], non_blocking=True)
+        if dest is None:
+            self._fill_pending_inputs(gs.static[0, :size], step)
+        nb = min(int(-(-int(step.seq_lens.max() + q - 1) // self.block_size)),
+                 self.batch.block_table.shape[1])
+        gs.block_tables[:n, :nb].copy_(self.upload(self.batch.block_table[step.rows, :nb]),
+                                       non_blocking=True)
         if size > n:
-            self.block_tables[n:size, 0] = self.scratch_block
-        graph, out, aux = self.graphs[size]
-        graph.replay()
+            gs.block_tables[n:size, 0] = self.scratch_block
+        out, aux = gs.graphs[size]()
+        if dest is None:
+            if aux is not None:
+                self.step_aux_hidden = aux[:n]
+            return out[:n]
+        index = self.upload(dest)
         if aux is not None:
-            self.step_aux_hidden = aux[:n]
-        return out[:n]
+            self.step_aux_hidden = aux[index]
+        return out[index]
+
+    def _stage_uniform(self, host: torch.Tensor, step: StepBatch, size: int,
+                       q: int) -> np.ndarray:
+        """Stage a step of at most ``q`` tokens per request into ``q`` columns each; returns
+        each real token's column (the eager layout's order)."""
+        n = step.num_seqs
+        self._pad(host, q, 0, size)
+        starts = step.cu - step.num_sched
+        seq_of_token = np.repeat(np.arange(n), step.num_sched)
+        dest = seq_of_token * q + (np.arange(step.num_tokens) - starts[seq_of_token])
+        cols = torch.from_numpy(dest)
+        host[0, cols] = torch.from_numpy(step.input_ids)
+        host[1, cols] = torch.from_numpy(step.positions)
+        host[2, cols] = torch.from_numpy(step.slots)
+        # Each request's length counts its inert columns: its real tokens then sit at their
+        # own positions, and the inert ones after them.
+        host[3, :n] = torch.from_numpy(step.computed + q)
+        return dest

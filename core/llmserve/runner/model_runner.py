@@ -189,7 +189,9 @@ class ModelRunner(ModelRunnerBase):
 
     def warm_up(self) -> None:
         """Called once after the KV cache exists, before serving; platform runners capture
-        their graphs here. The reference runner has nothing to prepare."""
+        their graphs here. The reference runner records none."""
+        if self.proposer is not None:
+            self.proposer.warm_up(None)
 
     def profile_run(self, num_tokens: int, num_seqs: int) -> None:
         """One forward pass at the largest step the scheduler can produce (``num_tokens``
@@ -201,6 +203,8 @@ class ModelRunner(ModelRunnerBase):
     def _profile_forward(self, num_tokens: int, num_seqs: int) -> None:
         bs = self.block_size
         num_seqs = max(1, min(num_seqs, num_tokens))
+        # No sequence is longer than max_model_len, so no step is larger than this.
+        num_tokens = min(num_tokens, num_seqs * self.max_model_len)
         lens = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int64)
         lens[: num_tokens % num_seqs] += 1
         blocks_per_seq = -(-lens // bs)

@@ -8,6 +8,11 @@ has not seen: the whole prompt the first time, then the tokens verified since), 
 drafts the first token; each further draft is one batched decode step. Rejected drafts leave
 stale entries past the verified tokens, which the next catch-up overwrites.
 
+Where the runner records graphs, a proposal whose catch-up is at most ``k + 1`` tokens per
+request (every one after the first) replays one recorded graph: the catch-up laid out
+``k + 1`` columns per request as the target's verification is, then the ``k - 1`` decode
+steps, each feeding the previous step's argmax on the device.
+
 With the embedded default model as the target and no ``model``, the draft shipped next to it
 is used.
 """
@@ -15,6 +20,7 @@ is used.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,7 +28,8 @@ import torch
 from llmserve.attention.backend import ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.loader import read_hf_config
-from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext
+from llmserve.spec_decode.proposer import (GraphCapture, ProposalBatch, Proposer,
+                                           ProposerContext)
 
 
 def default_draft_model(target_model: str) -> str:
@@ -53,6 +60,7 @@ class DraftModelProposer(Proposer):
         self.num_draft_computed = np.zeros(context.max_num_seqs, dtype=np.int64)
         self.model = None
         self.kv_caches: list = []
+        self.recorded: Optional[RecordedDrafting] = None
 
     def load(self) -> None:
         self.model = self.context.load_model(self.path)
@@ -70,6 +78,10 @@ class DraftModelProposer(Proposer):
     def add_request(self, row: int, num_computed_tokens: int) -> None:
         self.num_draft_computed[row] = num_computed_tokens
 
+    def warm_up(self, graphs: Optional[GraphCapture]) -> None:
+        if graphs is not None and self.k > 1:
+            self.recorded = RecordedDrafting(self, graphs)
+
     def propose(self, batch: ProposalBatch) -> list[np.ndarray]:
         drafts = [batch.token_ids[0, :0]] * len(batch.req_ids)
         active = np.nonzero(batch.max_drafts > 0)[0]
@@ -80,6 +92,13 @@ class DraftModelProposer(Proposer):
         max_drafts = batch.max_drafts[active]
         start = np.minimum(self.num_draft_computed[rows], num_tokens - 1)
         lens = num_tokens - start
+        recorded = self.recorded
+        if recorded is not None and recorded.fits(lens):
+            table = recorded.replay(batch, rows, start, num_tokens, max_drafts)
+            self.num_draft_computed[rows] = num_tokens
+            for i, a in enumerate(active.tolist()):
+                drafts[a] = table[i, :max_drafts[i]]
+            return drafts
         cu = np.cumsum(lens)
         seq_of_token = np.repeat(np.arange(len(rows)), lens)
         positions = start[seq_of_token] + np.arange(int(cu[-1])) - (cu - lens)[seq_of_token]
@@ -121,3 +140,100 @@ class DraftModelProposer(Proposer):
         md = ctx.attention_metadata(query_lens, seq_lens, slots,
                                     batch.block_table[rows, :max_blocks])
         return self.model(input_ids, ctx.upload(positions), ForwardContext(md, self.kv_caches))
+
+
+class RecordedDrafting:
+    """One proposal (catch-up of at most ``k + 1`` tokens per request, then ``k - 1`` decode
+    steps) recorded per batch size, with the static inputs it reads."""
+
+    #: Rows of the staged inputs: per token ids, positions, slots; per request (first
+    #: columns) the catch-up's padded length, its last real column, the position of the last
+    #: known token and the drafts allowed.
+    IDS, POS, SLOT, SEQ_LEN, LAST, BASE, MAX_DRAFTS = range(7)
+
+    def __init__(self, proposer: DraftModelProposer, graphs: GraphCapture) -> None:
+        ctx = proposer.context
+        self.proposer = proposer
+        self.q = q = proposer.k + 1
+        self.scratch_slot = graphs.scratch_slot
+        limit = min(ctx.max_num_seqs, ctx.config.disable_by_batch_size or ctx.max_num_seqs)
+        self.sizes = [s for s in graphs.sizes if s <= limit] or graphs.sizes[:1]
+        max_size = self.sizes[-1]
+        dev = ctx.device
+        self.width = -(-ctx.max_model_len // ctx.block_size) + -(-q // ctx.block_size)
+        self.inputs = torch.zeros(7, max_size * q, dtype=torch.long, device=dev)
+        self.block_tables = torch.full((max_size, self.width),
+                                       self.scratch_slot // ctx.block_size,
+                                       dtype=torch.long, device=dev)
+        self.decode = torch.zeros(4, max_size, dtype=torch.long, device=dev)
+        # Recording runs the graph on these: its K/V writes go to the scratch slot.
+        self.inputs[self.SLOT] = self.scratch_slot
+        self.decode[2] = self.scratch_slot
+        self.replays = {size: graphs.record(self._drafting(size, graphs))
+                        for size in reversed(self.sizes)}
+
+    def fits(self, lens: np.ndarray) -> bool:
+        return len(lens) <= self.sizes[-1] and int(lens.max()) <= self.q
+
+    def _drafting(self, size: int, graphs: GraphCapture):
+        p = self.proposer
+        ctx, model, q, k = p.context, p.model, self.q, p.k
+        bs, last_position = ctx.block_size, ctx.max_model_len - 1
+        inp, dec, tables = self.inputs, self.decode, self.block_tables[:size]
+        catch_up = graphs.attention_metadata(q, inp[self.SEQ_LEN, :size], tables,
+                                             inp[self.SLOT, :size * q])
+        step = graphs.attention_metadata(1, dec[3, :size], tables, dec[2, :size])
+
+        def drafting() -> torch.Tensor:
+            hidden = model(inp[self.IDS, :size * q], inp[self.POS, :size * q],
+                           ForwardContext(catch_up, p.kv_caches))
+            token = model.compute_logits(hidden[inp[self.LAST, :size]]).argmax(dim=-1)
+            tokens = [token]
+            base, allowed = inp[self.BASE, :size], inp[self.MAX_DRAFTS, :size]
+            for j in range(1, k):
+                pos = torch.clamp(base + j, max=last_position)
+                slot = tables.gather(1, (pos // bs)[:, None])[:, 0] * bs + pos % bs
+                dec[0, :size] = token
+                dec[1, :size] = pos
+                dec[2, :size] = torch.where(allowed > j, slot, self.scratch_slot)
+                dec[3, :size] = pos + 1
+                hidden = model(dec[0, :size], dec[1, :size], ForwardContext(step, p.kv_caches))
+                token = model.compute_logits(hidden).argmax(dim=-1)
+                tokens.append(token)
+            return torch.stack(tokens, dim=1)
+
+        return drafting
+
+    def replay(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
+               num_tokens: np.ndarray, max_drafts: np.ndarray) -> np.ndarray:
+        """[len(rows), k] drafts: stage the inputs (one upload), replay, one host copy."""
+        ctx, q, n = self.proposer.context, self.q, len(rows)
+        size = next(s for s in self.sizes if s >= n)
+        bs = ctx.block_size
+        lens = num_tokens - start
+        staged = np.zeros((7, size * q), dtype=np.int64)
+        staged[self.SLOT] = self.scratch_slot
+        staged[self.SEQ_LEN, :size] = q
+        seq_of_token = np.repeat(np.arange(n), lens)
+        first = np.cumsum(lens) - lens
+        offset = np.arange(int(lens.sum())) - first[seq_of_token]
+        cols = seq_of_token * q + offset
+        positions = start[seq_of_token] + offset
+        token_rows = rows[seq_of_token]
+        staged[self.IDS, cols] = batch.token_ids[token_rows, positions]
+        staged[self.POS, cols] = positions
+        staged[self.SLOT, cols] = (batch.block_table[token_rows, positions // bs] * bs
+                                   + positions % bs)
+        staged[self.SEQ_LEN, :n] = start + q
+        staged[self.LAST, :n] = np.arange(n) * q + lens - 1
+        staged[self.LAST, n:size] = np.arange(n, size) * q
+        staged[self.BASE, :n] = num_tokens - 1
+        staged[self.MAX_DRAFTS, :n] = max_drafts
+        nb = min(int(-(-(int(num_tokens.max()) + q) // bs)), batch.block_table.shape[1])
+        table = np.full((size, nb), self.scratch_slot // bs, dtype=np.int64)
+        table[:n] = batch.block_table[rows, :nb]
+        with ctx.inference_mode():
+            self.inputs[:, :size * q].copy_(ctx.upload(staged))
+            self.block_tables[:size, :nb].copy_(ctx.upload(table))
+            out = self.replays[size]()
+            return out[:n].cpu().numpy()

@@ -70,6 +70,31 @@ class ProposerContext:
 
 
 @dataclass(frozen=True)
+class GraphCapture:
+    """What a proposer needs to record its own steps as device graphs (CUDA/HIP graphs),
+    handed to ``Proposer.warm_up`` by runners that replay graphs.
+
+    A recorded function reads and writes only tensors that exist before it is recorded
+    (static inputs the proposer fills before each replay) or that it allocates itself; its
+    host code runs only while recording, so every choice it makes must not depend on the
+    values of a particular step.
+    """
+
+    #: Batch sizes the target recorded; a batch of ``n`` replays at the smallest ``>= n``.
+    sizes: list[int]
+    #: ``record(fn)`` runs ``fn`` (compiling kernels), records its device work once, and
+    #: returns ``replay()``, which re-runs that work and returns ``fn``'s outputs (the same
+    #: tensors every time).
+    record: Callable[[Callable[[], Any]], Callable[[], Any]]
+    #: ``attention_metadata(query_len, seq_lens, block_tables, slot_mapping)`` over static
+    #: device tensors: ``query_len`` tokens per sequence, planned for any length up to
+    #: ``max_model_len + num_speculative_tokens``.
+    attention_metadata: Callable[..., AttentionMetadata]
+    #: A cache slot no request owns: inert tokens write their K/V there.
+    scratch_slot: int
+
+
+@dataclass(frozen=True)
 class TargetStep:
     """One forward of the target, as a proposer that ``observes_target`` sees it.
 
@@ -121,8 +146,8 @@ class Proposer(ABC):
     """A speculative-decoding method. Built once per engine with a ``ProposerContext``.
 
     Order of calls: ``__init__``, ``load``, ``cache_specs``, ``bind_kv_cache`` (its layers'
-    caches, planned with the target's), then per step ``add_request`` for each request the
-    runner (re)builds, ``observe`` after the target's forward (``observes_target`` only)
+    caches, planned with the target's), ``warm_up``, then per step ``add_request`` for each
+    request the runner (re)builds, ``observe`` after the target's forward (``observes_target`` only)
     and ``propose`` for the decoding requests.
     """
 
@@ -152,6 +177,10 @@ class Proposer(ABC):
         """A request (new, or resumed after preemption) now owns ``row``; its first
         ``num_computed_tokens`` tokens are in the KV cache (a prefix hit), and the rest will
         be computed again."""
+
+    def warm_up(self, graphs: Optional[GraphCapture]) -> None:
+        """Called once with the caches bound, before serving; ``graphs`` where the runner
+        records device graphs (after its own), None elsewhere."""
 
     def target_layers(self) -> tuple[int, ...]:
         """Decoder layers whose inputs ``TargetStep.aux_hidden_states`` should carry (EAGLE-3
