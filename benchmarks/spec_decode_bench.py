@@ -4,7 +4,8 @@ Runs on the CPU or a GPU, in one process, peers included:
 
     python benchmarks/spec_decode_bench.py --out DIR [--device cuda] [--hf]
 
-For each method (none, ``ngram``, ``draft_model`` with the shipped draft):
+For each method (none, ``ngram``, ``draft_model`` with the shipped draft, ``eagle`` with the
+shipped head):
 - greedy tokens of every prompt must equal those without speculation (checked, counted);
 - acceptance rate and mean accepted length, on prompts from the training corpus and on
   English prompts that are not in it;
@@ -213,6 +214,12 @@ def main() -> int:
             methods[f"draft_model k={k}"] = {"method": "draft_model", "num_speculative_tokens": k}
     else:
         log(args.out, "no shipped draft model: draft_model skipped")
+    eagle_path = getattr(default_model, "EAGLE_MODEL_PATH", None)
+    if eagle_path is not None and os.path.isfile(os.path.join(eagle_path, "config.json")):
+        for k in ks:
+            methods[f"eagle k={k}"] = {"method": "eagle", "num_speculative_tokens": k}
+    else:
+        log(args.out, "no shipped EAGLE head: eagle skipped")
     batches = [int(b) for b in args.batches.split(",")]
     report: dict = {"card": card, "new_tokens": args.tokens, "methods": {}}
     reference: dict[str, list] = {}

@@ -81,14 +81,15 @@ class SpeculativeConfig(_Frozen):
     """Speculative decoding, with vLLM's names (``--speculative-config '{"method": ...}'``)."""
 
     #: A proposer registered through the ``llmserve_speculative_proposers`` hook: "ngram",
-    #: "draft_model" or a plugin's.
+    #: "draft_model", "eagle", "eagle3" or a plugin's.
     method: str
     #: Draft tokens proposed per request and step (k).
     num_speculative_tokens: int = Field(ge=1, le=32)
     #: n-gram sizes tried by ``ngram``, longest first.
     prompt_lookup_min: Optional[int] = Field(None, ge=1)
     prompt_lookup_max: Optional[int] = Field(None, ge=1)
-    #: The draft model's HF directory (``draft_model``); None: the method's default, if any.
+    #: The draft model's or EAGLE head's HF directory (``draft_model``, ``eagle``,
+    #: ``eagle3``); None: the method's default, if any.
     model: Optional[str] = None
     #: Speculate only while fewer requests than this run in a step (None: always). Above
     #: the crossover batch size, verifying drafts costs more than it saves.

@@ -37,9 +37,14 @@ def llmserve_platforms():
 
 @hookimpl
 def llmserve_model_architectures():
+    from llmserve.models.eagle import (EAGLE3_ARCHITECTURES, EAGLE_ARCHITECTURE,
+                                       Eagle3LlamaForCausalLM, EagleLlamaForCausalLM)
     from llmserve.models.llama import LlamaForCausalLM
 
-    return {name: LlamaForCausalLM for name in LLAMA_FAMILY_ARCHITECTURES}
+    # The EAGLE heads are draft heads, loaded by the eagle/eagle3 proposers, not targets.
+    heads = {EAGLE_ARCHITECTURE: EagleLlamaForCausalLM,
+             **{name: Eagle3LlamaForCausalLM for name in EAGLE3_ARCHITECTURES}}
+    return {**{name: LlamaForCausalLM for name in LLAMA_FAMILY_ARCHITECTURES}, **heads}
 
 
 @hookimpl
@@ -59,9 +64,11 @@ def llmserve_scheduling_policies():
 @hookimpl
 def llmserve_speculative_proposers():
     from llmserve.spec_decode.draft_model import DraftModelProposer
+    from llmserve.spec_decode.eagle import Eagle3Proposer, EagleProposer
     from llmserve.spec_decode.ngram import NgramProposer
 
-    return {"ngram": NgramProposer, "draft_model": DraftModelProposer}
+    return {"ngram": NgramProposer, "draft_model": DraftModelProposer,
+            "eagle": EagleProposer, "eagle3": Eagle3Proposer}
 
 
 @hookimpl

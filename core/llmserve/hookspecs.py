@@ -248,7 +248,9 @@ def llmserve_speculative_proposers() -> dict[str, type[Proposer]]:
     own decode steps. Drafts are verified exactly by the core's rejection sampler: a proposer
     only affects speed, never the output distribution.
 
-    The core contributes ``"ngram"`` (prompt lookup) and ``"draft_model"``.
+    The core contributes ``"ngram"`` (prompt lookup), ``"draft_model"``, and ``"eagle"`` and
+    ``"eagle3"`` (EAGLE-1 and EAGLE-3 heads in vLLM's checkpoint layouts, reading the
+    target's hidden states).
 
     Added in plugin API 1.4; 1.5 lets a proposer read the target's hidden states
     (``observes_target``, ``observe``, ``target_layers``).

@@ -212,7 +212,8 @@ def test_sampled_output_follows_the_target_distribution(target_dir):
 
 def test_bad_speculative_configs(target_dir):
     with pytest.raises(ValueError, match=r"method must be one of the installed methods "
-                                         r"\['draft_model', 'ngram'\], got 'medusa'"):
+                                         r"\['draft_model', 'eagle', 'eagle3', 'ngram'\], "
+                                         r"got 'medusa'"):
         engine(target_dir, {"method": "medusa", "num_speculative_tokens": 2})
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         engine(target_dir, {"method": "ngram", "num_speculative_tokens": 0})

@@ -15,6 +15,9 @@ DEFAULT_MODEL_PATH: Path = Path(__file__).resolve().parent
 #: A 1.26M-parameter draft model for speculative decoding (same tokenizer; see draft/README.md).
 DRAFT_MODEL_PATH: Path = DEFAULT_MODEL_PATH / "draft"
 
+#: An EAGLE-1 head of 0.92M parameters for the ``eagle`` method (see eagle/README.md).
+EAGLE_MODEL_PATH: Path = DEFAULT_MODEL_PATH / "eagle"
+
 #: Greedy continuations recorded with HF transformers 5.24 on CPU in float32
 #: (``model.generate(do_sample=False, max_new_tokens=24)``, no special tokens added to the
 #: prompt). Each prompt is the exact opening of a passage of the training text, and the
@@ -46,4 +49,4 @@ GREEDY_SAMPLES: tuple[dict, ...] = (
     },
 )
 
-__all__ = ["DEFAULT_MODEL_PATH", "DRAFT_MODEL_PATH", "GREEDY_SAMPLES"]
+__all__ = ["DEFAULT_MODEL_PATH", "DRAFT_MODEL_PATH", "EAGLE_MODEL_PATH", "GREEDY_SAMPLES"]

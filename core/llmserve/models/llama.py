@@ -10,7 +10,7 @@ name map (``STACKED_PARAMS``), not a conversion.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -35,15 +35,20 @@ STACKED_PARAMS = {
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: dict[str, Any], layer_idx: int, ctx: ModelBuildContext) -> None:
+    """``input_size`` (default ``hidden_size``) is the width the q/k/v projections read: an
+    EAGLE-3 head attends over its embedding and hidden state side by side."""
+
+    def __init__(self, cfg: dict[str, Any], layer_idx: int, ctx: ModelBuildContext,
+                 input_size: Optional[int] = None) -> None:
         super().__init__()
         hidden = cfg["hidden_size"]
         total_heads = cfg["num_attention_heads"]
         total_kv = cfg.get("num_key_value_heads") or total_heads
         self.head_dim = cfg.get("head_dim") or hidden // total_heads
         bias = ctx.flags["qkv_bias"]
-        self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv, bias=bias,
-                                          dtype=ctx.dtype, linear_method=ctx.linear_method)
+        self.qkv_proj = QKVParallelLinear(input_size or hidden, self.head_dim, total_heads,
+                                          total_kv, bias=bias, dtype=ctx.dtype,
+                                          linear_method=ctx.linear_method)
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
@@ -218,18 +223,25 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 continue
-            shard_id = None
-            for ckpt, (ours, sid) in STACKED_PARAMS.items():
-                if ckpt in name:
-                    name, shard_id = name.replace(ckpt, ours), sid
-                    break
-            param = params.get(name)
-            if param is None:
-                raise KeyError(f"checkpoint tensor {name!r} has no matching parameter")
-            loader = getattr(param, "weight_loader", None)
-            if loader is None:
-                param.data.copy_(tensor)
-            else:
-                loader(param, tensor, shard_id) if shard_id is not None else loader(param, tensor)
-            loaded.add(name)
+            loaded.add(load_checkpoint_tensor(params, name, tensor))
         return loaded
+
+
+def load_checkpoint_tensor(params: dict[str, torch.nn.Parameter], name: str,
+                           tensor: torch.Tensor) -> str:
+    """Copy one checkpoint tensor into its parameter, through ``STACKED_PARAMS`` and the
+    parameter's ``weight_loader``; returns the parameter's name."""
+    shard_id = None
+    for ckpt, (ours, sid) in STACKED_PARAMS.items():
+        if ckpt in name:
+            name, shard_id = name.replace(ckpt, ours), sid
+            break
+    param = params.get(name)
+    if param is None:
+        raise KeyError(f"checkpoint tensor {name!r} has no matching parameter")
+    loader = getattr(param, "weight_loader", None)
+    if loader is None:
+        param.data.copy_(tensor)
+    else:
+        loader(param, tensor, shard_id) if shard_id is not None else loader(param, tensor)
+    return name
