@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from llmserve.spec_decode.ngram import propose_ngram
-from llmserve.spec_decode.rejection import PAD, rejection_sample
+from llmserve.spec_decode.rejection import PAD, greedy_verify, rejection_sample
 
 V, K, DRAWS = 6, 3, 40_000
 #: Chi-square critical value for V - 1 = 5 degrees of freedom at p = 0.001: a correct
@@ -116,3 +116,21 @@ def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"target_probs must be \[2, 4, V\]"):
         rejection_sample(torch.rand(2, 3, V), torch.zeros(2, 3, dtype=torch.long),
                          torch.tensor([3, 3]))
+
+
+def test_greedy_verification_matches_the_rejection_sampler_on_greedy_rows():
+    """The all-greedy path skips probabilities; it must emit what the full sampler emits."""
+    gen = torch.Generator().manual_seed(3)
+    batch, k, vocab = 64, 5, 7
+    logits = torch.randn(batch, k + 1, vocab, generator=gen)
+    argmax = logits.argmax(dim=2)
+    # Drafts agree with the argmax for a random prefix, then not.
+    agree = torch.randint(0, k + 1, (batch,), generator=gen)
+    drafts = torch.where(torch.arange(k)[None, :] < agree[:, None], argmax[:, :k],
+                         (argmax[:, :k] + 1) % vocab)
+    num_drafts = torch.randint(0, k + 1, (batch,), generator=gen)
+    want = rejection_sample(logits.softmax(dim=2), drafts, num_drafts,
+                            is_greedy=torch.ones(batch, dtype=torch.bool), target_argmax=argmax)
+    got = greedy_verify(argmax, drafts, num_drafts)
+    assert torch.equal(got.output_token_ids, want.output_token_ids)
+    assert torch.equal(got.num_accepted, torch.minimum(agree, num_drafts))

@@ -31,7 +31,7 @@ from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
 from llmserve.sampling_params import SAMPLING_EPS
 from llmserve.spec_decode.proposer import (ProposalBatch, Proposer, ProposerContext,
                                            TargetStep)
-from llmserve.spec_decode.rejection import PAD, rejection_sample
+from llmserve.spec_decode.rejection import PAD, greedy_verify, rejection_sample
 
 #: Sampling features that read a request's output tokens on the host.
 OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
@@ -470,21 +470,27 @@ class ModelRunner(ModelRunnerBase):
         width = int(num_drafts.max())
         raw_logprobs = (torch.log_softmax(held.logits.float(), dim=-1)
                         if md.max_num_logprobs is not None else None)
-        probs, greedy = self.sampler.verification_inputs(held.logits, md)
         # Row j, column c reads logits row offsets[j] + min(c, num_drafts[j]).
         index = offsets[:, None] + np.minimum(np.arange(width + 1)[None, :], num_drafts[:, None])
         index_t = self.upload(index)
         rows = held.pending.sample_rows
-        draft_ids = np.zeros((len(rows), width), dtype=np.int64)
-        for j, (row, n) in enumerate(zip(rows.tolist(), num_drafts.tolist())):
-            start = self.batch.num_tokens[row]
-            draft_ids[j, :n] = self.batch.token_ids[row, start:start + n]
-        temperature = self.batch.sampling["temperature"][rows]
-        gens = {j: g for j, g in enumerate(verify.generators) if g is not None}
-        verified = rejection_sample(probs[index_t], self.upload(draft_ids),
-                                    self.upload(num_drafts), None,
-                                    self.upload(temperature < SAMPLING_EPS), gens,
-                                    target_argmax=greedy[index_t])
+        # Each request's drafts follow its known tokens in the token table.
+        columns = self.batch.num_tokens[rows][:, None] + np.arange(width)[None, :]
+        draft_ids = np.where(np.arange(width)[None, :] < num_drafts[:, None],
+                             self.batch.token_ids[rows[:, None],
+                                                  np.minimum(columns, self.max_model_len - 1)],
+                             0)
+        probs, greedy = self.sampler.verification_inputs(held.logits, md)
+        if probs is None:
+            verified = greedy_verify(greedy[index_t], self.upload(draft_ids),
+                                     self.upload(num_drafts))
+        else:
+            temperature = self.batch.sampling["temperature"][rows]
+            gens = {j: g for j, g in enumerate(verify.generators) if g is not None}
+            verified = rejection_sample(probs[index_t], self.upload(draft_ids),
+                                        self.upload(num_drafts), None,
+                                        self.upload(temperature < SAMPLING_EPS), gens,
+                                        target_argmax=greedy[index_t])
         logprobs = None
         if raw_logprobs is not None:
             # The token emitted at each scored position (PAD past a rejection scores id 0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -84,17 +84,17 @@ class Sampler:
         return SamplerOutput(sampled, logprobs)
 
     def verification_inputs(self, logits: torch.Tensor, md: SamplingMetadata
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+                            ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
         """What the rejection sampler needs of positions scored for speculative decoding,
         processed as ``forward`` processes them: (the probabilities random rows draw from
-        [N, V], the greedy token of each row [N])."""
+        [N, V], None when every row is greedy; the greedy token of each row [N])."""
         logits = logits.to(torch.float32)
         for proc in self.logits_processors:
             logits = proc.apply(logits, md)
         if md.penalty_rows is not None:
             logits = apply_penalties(logits, md)
         greedy = logits.argmax(dim=-1)
-        return sampling_probs(logits, md), greedy
+        return (None if md.all_greedy else sampling_probs(logits, md)), greedy
 
 
 def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:

@@ -91,18 +91,23 @@ class DraftModelProposer(Proposer):
         num_tokens = batch.num_tokens[active]
         max_drafts = batch.max_drafts[active]
         start = np.minimum(self.num_draft_computed[rows], num_tokens - 1)
-        lens = num_tokens - start
         recorded = self.recorded
-        if recorded is not None and recorded.fits(lens):
+        if recorded is not None and len(rows) <= recorded.sizes[-1]:
+            # A longer catch-up (a new prompt) runs eagerly up to its last k + 1 tokens,
+            # which the recorded proposal takes.
+            long = np.nonzero(num_tokens - start > recorded.q)[0]
+            if len(long):
+                cut = num_tokens[long] - recorded.q
+                self._catch_up(batch, rows[long], start[long], cut)
+                start[long] = cut
             table = recorded.replay(batch, rows, start, num_tokens, max_drafts)
             self.num_draft_computed[rows] = num_tokens
             for i, a in enumerate(active.tolist()):
                 drafts[a] = table[i, :max_drafts[i]]
             return drafts
+        lens = num_tokens - start
         cu = np.cumsum(lens)
-        seq_of_token = np.repeat(np.arange(len(rows)), lens)
-        positions = start[seq_of_token] + np.arange(int(cu[-1])) - (cu - lens)[seq_of_token]
-        input_ids = self.context.upload(batch.token_ids[rows[seq_of_token], positions])
+        input_ids, positions = self._tokens(batch, rows, start, lens)
         ctx = self.context
         with ctx.inference_mode():
             hidden = self._forward(batch, rows, input_ids, positions, lens, num_tokens)
@@ -126,6 +131,22 @@ class DraftModelProposer(Proposer):
         for i, a in enumerate(active.tolist()):
             drafts[a] = table[i, :max_drafts[i]]
         return drafts
+
+    def _tokens(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
+                lens: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The ids (on the device) and positions of ``lens[i]`` tokens of row ``rows[i]``
+        from position ``start[i]``, flat."""
+        cu = np.cumsum(lens)
+        seq_of_token = np.repeat(np.arange(len(rows)), lens)
+        positions = start[seq_of_token] + np.arange(int(cu[-1])) - (cu - lens)[seq_of_token]
+        return self.context.upload(batch.token_ids[rows[seq_of_token], positions]), positions
+
+    def _catch_up(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
+                  end: np.ndarray) -> None:
+        """Write the draft's K/V of positions ``start[i] .. end[i] - 1`` of each row."""
+        input_ids, positions = self._tokens(batch, rows, start, end - start)
+        with self.context.inference_mode():
+            self._forward(batch, rows, input_ids, positions, end - start, end)
 
     def _forward(self, batch: ProposalBatch, rows: np.ndarray, input_ids: torch.Tensor,
                  positions: np.ndarray, query_lens: np.ndarray,
@@ -171,9 +192,6 @@ class RecordedDrafting:
         self.decode[2] = self.scratch_slot
         self.replays = {size: graphs.record(self._drafting(size, graphs))
                         for size in reversed(self.sizes)}
-
-    def fits(self, lens: np.ndarray) -> bool:
-        return len(lens) <= self.sizes[-1] and int(lens.max()) <= self.q
 
     def _drafting(self, size: int, graphs: GraphCapture):
         p = self.proposer

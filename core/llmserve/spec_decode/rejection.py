@@ -110,6 +110,23 @@ def rejection_sample(target_probs: torch.Tensor, draft_token_ids: torch.Tensor,
     return Verified(out, num_accepted)
 
 
+def greedy_verify(target_argmax: torch.Tensor, draft_token_ids: torch.Tensor,
+                  num_drafts: torch.Tensor) -> Verified:
+    """``rejection_sample`` for a batch whose rows are all greedy: accept while the target's
+    argmax [B, k+1] equals the draft, then emit the target's argmax. No probabilities."""
+    batch, k = draft_token_ids.shape
+    dev = draft_token_ids.device
+    positions = torch.arange(k, device=dev)
+    accept = (target_argmax[:, :k] == draft_token_ids) & (positions[None, :]
+                                                         < num_drafts[:, None])
+    num_accepted = accept.int().cumprod(dim=1).sum(dim=1)
+    out = torch.where(positions[None, :] < num_accepted[:, None], draft_token_ids, PAD)
+    out = torch.cat([out, torch.full((batch, 1), PAD, dtype=torch.long, device=dev)], dim=1)
+    rows = torch.arange(batch, device=dev)
+    out[rows, num_accepted] = target_argmax[rows, num_accepted]
+    return Verified(out, num_accepted)
+
+
 def _exponential_noise(shape, device, generators) -> torch.Tensor:
     """Exponential(1) noise for the race ``argmax(p / E)``, seeded rows from their own
     generators; clamped so that a zero-probability token never wins."""
