@@ -160,7 +160,9 @@ def llmserve_model_architectures() -> dict[str, type[CausalLM]]:
     Import the model module inside the hook body so that listing plugins stays cheap.
 
     The core contributes ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` and
-    ``Qwen3ForCausalLM``.
+    ``Qwen3ForCausalLM``, and the EAGLE draft heads ``EagleLlamaForCausalLM``,
+    ``Eagle3LlamaForCausalLM`` and ``LlamaForCausalLMEagle3``, which the ``eagle`` and
+    ``eagle3`` speculative methods load (they are not servable models).
 
     Added in 0.1.0 (plugin API 1.0).
     """

@@ -18,9 +18,11 @@ from llmserve.default_model import DEFAULT_MODEL_PATH, EAGLE_MODEL_PATH
 K = 3
 #: Prompts of 1 to 60 tokens; the last repeats itself.
 PROMPTS = [[7], [5, 9, 11, 300], list(range(20, 60)), [40, 41, 42, 43] * 15]
-#: Shipped head, k=4, greedy, 64 new tokens after 32-token corpus windows (the card's
-#: prompts): measured acceptance in eagle/README.md; the floor leaves room for rounding.
-MIN_SHIPPED_ACCEPTANCE = 0.5
+#: Shipped head, k=4, greedy, fp32 CPU, 64 new tokens after the 32-token corpus windows of
+#: ``test_the_shipped_head_drafts_for_the_default_model``: measured 130 of 226 drafts
+#: accepted (0.575, mean accepted length 3.24; eagle/README.md). The floor leaves 28 drafts
+#: of room for another machine's rounding.
+MIN_SHIPPED_ACCEPTANCE = 0.45
 
 
 def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:

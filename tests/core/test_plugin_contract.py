@@ -214,8 +214,10 @@ def test_core_defaults_pass_their_own_checks():
     pm = get_plugin_manager(load_entry_points=False)
     assert [p.name for p in collect_list(pm, "llmserve_platforms")] == ["cpu"]
     assert collect_registry(pm, "llmserve_attention_backends") == {"torch": TorchPagedAttention}
+    from llmserve.models.eagle import Eagle3LlamaForCausalLM, EagleLlamaForCausalLM
+
     assert set(collect_registry(pm, "llmserve_model_architectures").values()) == {
-        LlamaForCausalLM}
+        LlamaForCausalLM, EagleLlamaForCausalLM, Eagle3LlamaForCausalLM}
     assert collect_registry(pm, "llmserve_cache_specs") == BUILTIN_CACHE_SPECS
     assert list(collect_registry(pm, "llmserve_scheduling_policies")) == ["fcfs", "priority"]
     assert [c.name for c in collect_list(pm, "llmserve_cli_commands")] == [
