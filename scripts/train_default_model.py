@@ -169,6 +169,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> floa
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def steps_within_budget(total: int, step: int, per_step: float, spent: float,
+                        budget: float) -> int:
+    """The step count that fits ``budget`` seconds at ``per_step`` after ``spent`` (never
+    fewer than one more step); announces a reduction."""
+    fit = int((budget - spent) / per_step)
+    if fit >= total:
+        return total
+    print(f"{per_step * 1000:.1f} ms/step: reducing steps {total} -> {fit} to fit {budget}s",
+          flush=True)
+    return max(fit, step + 1)
+
+
 def train(args) -> None:
     import torch
     import torch.nn.functional as F
@@ -244,12 +256,8 @@ def train(args) -> None:
             if step == 10:
                 t10 = time.time()
                 continue
-            per_step = (time.time() - t10) / (step - 10)
-            fit = int((args.time_budget - (t10 - t0)) / per_step)
-            if fit < total:
-                print(f"{per_step * 1000:.1f} ms/step: reducing steps {total} -> {fit} "
-                      f"to fit {args.time_budget}s", flush=True)
-                total = max(fit, step + 1)
+            total = steps_within_budget(total, step, (time.time() - t10) / (step - 10),
+                                        t10 - t0, args.time_budget)
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.time() - t0

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_default_model import load_data, lr_at  # noqa: E402
+from train_default_model import load_data, lr_at, steps_within_budget  # noqa: E402
 
 
 def target_features(target, ids, window: int, offsets: tuple[int, ...]):
@@ -271,12 +271,8 @@ def train(args) -> None:
             if step == 5:
                 t5 = time.time()
                 continue
-            per_step = (time.time() - t5) / (step - 5)
-            fit = int((args.time_budget - (t5 - t0)) / per_step)
-            if fit < total:
-                print(f"{per_step * 1000:.1f} ms/step: reducing steps {total} -> {fit} "
-                      f"to fit {args.time_budget}s", flush=True)
-                total = max(fit, step + 1)
+            total = steps_within_budget(total, step, (time.time() - t5) / (step - 5),
+                                        t5 - t0, args.time_budget)
     train_s = time.time() - t0
 
     # Teacher-forced accuracy per draft step over the offset-0 windows (bf16 weights).

@@ -45,6 +45,21 @@ def default_draft_model(target_model: str) -> str:
                      "draft")
 
 
+def place_drafts(drafts: list, active: np.ndarray, step_rows: list[np.ndarray],
+                 host: np.ndarray, max_drafts: np.ndarray) -> list:
+    """Put greedy drafting's tokens in each request's place: step ``j`` drafted for the
+    ``active`` positions ``step_rows[j]``, its tokens are the next ``len(step_rows[j])`` of
+    ``host``; request ``active[i]`` keeps its first ``max_drafts[i]``."""
+    table = np.full((len(active), len(step_rows)), -1, dtype=np.int64)
+    offset = 0
+    for j, idx in enumerate(step_rows):
+        table[idx, j] = host[offset:offset + len(idx)]
+        offset += len(idx)
+    for i, a in enumerate(active.tolist()):
+        drafts[a] = table[i, :max_drafts[i]]
+    return drafts
+
+
 class DraftModelProposer(Proposer):
     needs_lookahead = True
 
@@ -123,14 +138,7 @@ class DraftModelProposer(Proposer):
                                        np.ones(len(idx), dtype=np.int64), pos + 1)
                 steps.append((idx, self.model.compute_logits(hidden).argmax(dim=-1)))
             host = torch.cat([t for _, t in steps]).cpu().numpy()
-        table = np.full((len(rows), int(max_drafts.max())), -1, dtype=np.int64)
-        offset = 0
-        for j, (idx, _) in enumerate(steps):
-            table[idx, j] = host[offset:offset + len(idx)]
-            offset += len(idx)
-        for i, a in enumerate(active.tolist()):
-            drafts[a] = table[i, :max_drafts[i]]
-        return drafts
+        return place_drafts(drafts, active, [idx for idx, _ in steps], host, max_drafts)
 
     def _tokens(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
                 lens: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

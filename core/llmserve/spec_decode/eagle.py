@@ -33,6 +33,7 @@ from llmserve.attention.backend import ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.eagle import EAGLE3_ARCHITECTURES, EAGLE_ARCHITECTURE, eagle3_aux_layers
 from llmserve.models.loader import read_hf_config
+from llmserve.spec_decode.draft_model import place_drafts
 from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext, TargetStep
 
 #: Positions kept per request between proposals. A request that never drafts (penalties, a
@@ -201,14 +202,7 @@ class EagleProposer(Proposer):
                     pos + 1, hidden[keep_t])
                 steps.append((idx, self.head.draft_tokens(logit_hidden)))
             host = torch.cat([t for _, t in steps]).cpu().numpy()
-        table = np.full((len(rows), int(max_drafts.max())), -1, dtype=np.int64)
-        offset = 0
-        for j, (idx, _) in enumerate(steps):
-            table[idx, j] = host[offset:offset + len(idx)]
-            offset += len(idx)
-        for i, a in enumerate(active.tolist()):
-            drafts[a] = table[i, :max_drafts[i]]
-        return drafts
+        return place_drafts(drafts, active, [idx for idx, _ in steps], host, max_drafts)
 
     def _forward(self, batch: ProposalBatch, rows: np.ndarray, input_ids: torch.Tensor,
                  positions: np.ndarray, query_lens: np.ndarray, seq_lens: np.ndarray,
