@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from llmserve.attention.backend import ForwardContext
+from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.loader import read_hf_config
 from llmserve.spec_decode.proposer import (GraphCapture, ProposalBatch, Proposer,
@@ -43,6 +43,19 @@ def default_draft_model(target_model: str) -> str:
     raise ValueError("speculative_config.model is required for method 'draft_model' (the "
                      "draft's HF directory); only the embedded default model has a shipped "
                      "draft")
+
+
+def flat_batch_metadata(ctx: ProposerContext, batch: ProposalBatch, rows: np.ndarray,
+                        positions: np.ndarray, query_lens: np.ndarray,
+                        seq_lens: np.ndarray) -> AttentionMetadata:
+    """Attention metadata of a proposer's flat batch under the target's block tables:
+    ``query_lens[i]`` tokens of row ``rows[i]`` ending at length ``seq_lens[i]``."""
+    bs = ctx.block_size
+    token_rows = np.repeat(rows, query_lens)
+    slots = batch.block_table[token_rows, positions // bs] * bs + positions % bs
+    max_blocks = int(-(-seq_lens.max() // bs))
+    return ctx.attention_metadata(query_lens, seq_lens, slots,
+                                  batch.block_table[rows, :max_blocks])
 
 
 def place_drafts(drafts: list, active: np.ndarray, step_rows: list[np.ndarray],
@@ -162,12 +175,7 @@ class DraftModelProposer(Proposer):
         """The draft's hidden states over a flat batch: ``query_lens[i]`` tokens of row
         ``rows[i]`` ending at length ``seq_lens[i]``, at ``positions``."""
         ctx = self.context
-        bs = ctx.block_size
-        token_rows = np.repeat(rows, query_lens)
-        slots = batch.block_table[token_rows, positions // bs] * bs + positions % bs
-        max_blocks = int(-(-seq_lens.max() // bs))
-        md = ctx.attention_metadata(query_lens, seq_lens, slots,
-                                    batch.block_table[rows, :max_blocks])
+        md = flat_batch_metadata(ctx, batch, rows, positions, query_lens, seq_lens)
         return self.model(input_ids, ctx.upload(positions), ForwardContext(md, self.kv_caches))
 
 

@@ -33,7 +33,7 @@ from llmserve.attention.backend import ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.eagle import EAGLE3_ARCHITECTURES, EAGLE_ARCHITECTURE, eagle3_aux_layers
 from llmserve.models.loader import read_hf_config
-from llmserve.spec_decode.draft_model import place_drafts
+from llmserve.spec_decode.draft_model import flat_batch_metadata, place_drafts
 from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext, TargetStep
 
 #: Positions kept per request between proposals. A request that never drafts (penalties, a
@@ -210,12 +210,7 @@ class EagleProposer(Proposer):
         """The head over a flat batch: ``query_lens[i]`` tokens of row ``rows[i]`` ending at
         length ``seq_lens[i]``, at ``positions``, with their hidden-state inputs."""
         ctx = self.context
-        bs = ctx.block_size
-        token_rows = np.repeat(rows, query_lens)
-        slots = batch.block_table[token_rows, positions // bs] * bs + positions % bs
-        max_blocks = int(-(-seq_lens.max() // bs))
-        md = ctx.attention_metadata(query_lens, seq_lens, slots,
-                                    batch.block_table[rows, :max_blocks])
+        md = flat_batch_metadata(ctx, batch, rows, positions, query_lens, seq_lens)
         return self.head(input_ids, ctx.upload(positions), ForwardContext(md, self.kv_caches),
                          features)
 
