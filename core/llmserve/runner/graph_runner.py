@@ -126,11 +126,7 @@ class GraphModelRunner(ModelRunner):
         self.sizes: list[int] = []
         self.capture_s = 0.0
         self._pool = None
-
-    @property
-    def graphs(self) -> dict:
-        """The decode graphs, by batch size."""
-        return self.graph_sets[1].graphs if 1 in self.graph_sets else {}
+        self._query_starts: dict[int, torch.Tensor] = {}
 
     def profile_run(self, num_tokens: int, num_seqs: int) -> None:
         # The KV budget is read off the peak; start it from this engine's weights, not from
@@ -175,11 +171,11 @@ class GraphModelRunner(ModelRunner):
         return md
 
     def _query_start_locs(self, q: int) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_qsl", {})
-        if q not in cache:
-            cache[q] = torch.arange(self.max_num_seqs + 1, dtype=torch.long,
-                                    device=self.device) * q
-        return cache[q]
+        """Offsets of ``q`` tokens per sequence, made once per ``q``: graphs read them."""
+        if q not in self._query_starts:
+            self._query_starts[q] = torch.arange(self.max_num_seqs + 1, dtype=torch.long,
+                                                 device=self.device) * q
+        return self._query_starts[q]
 
     def record(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         """Run ``fn`` twice (compile kernels, settle allocations), record its device work

@@ -132,8 +132,8 @@ class ModelRunner(ModelRunnerBase):
         config = self.config
         model_cfg = config.engine.model
 
-        def load_draft(path: str) -> torch.nn.Module:
-            hf_config = read_hf_config(path)
+        def load_draft(path: str, hf_config: Optional[dict] = None) -> torch.nn.Module:
+            hf_config = dict(hf_config) if hf_config is not None else read_hf_config(path)
             _, model_cls = resolve_architecture(hf_config, config.model_classes or {},
                                                 lambda: [])
             return load_model(path, hf_config, model_cls, self.dtype, self.device,

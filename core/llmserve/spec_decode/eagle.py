@@ -19,12 +19,7 @@ next to it is used.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -53,23 +48,6 @@ def default_eagle_model(target_model: str, method: str) -> str:
     raise ValueError(f"speculative_config.model is required for method {method!r} (the "
                      "EAGLE head's HF directory); only the embedded default model has a "
                      "shipped head (EAGLE-1)")
-
-
-@contextmanager
-def as_architecture(path: str, architecture: str) -> Iterator[str]:
-    """``path``, or a view of it whose config.json names ``architecture``: EAGLE-1 checkpoints
-    often say ``LlamaForCausalLM``, which would load the target's class."""
-    cfg = read_hf_config(path)
-    if architecture in (cfg.get("architectures") or []):
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="llmserve-eagle-") as view:
-        for entry in Path(path).iterdir():
-            if entry.name != "config.json":
-                os.symlink(entry.resolve(), Path(view) / entry.name)
-        cfg["architectures"] = [architecture]
-        (Path(view) / "config.json").write_text(json.dumps(cfg))
-        yield view
 
 
 class EagleProposer(Proposer):
@@ -106,8 +84,9 @@ class EagleProposer(Proposer):
                                  f"equal the target's ({target[key]})")
 
     def load(self) -> None:
-        with as_architecture(self.path, self.architecture) as path:
-            self.head = self.context.load_model(path)
+        # EAGLE-1 configs often name LlamaForCausalLM, which would build the target's class.
+        self.head = self.context.load_model(
+            self.path, {**self.head_config, "architectures": [self.architecture]})
         self.head.share_target(self.context.target)
         self.kept_features = torch.zeros(0, self.head_config["hidden_size"],
                                          dtype=self.context.dtype, device=self.context.device)

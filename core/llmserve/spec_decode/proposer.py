@@ -53,9 +53,11 @@ class ProposerContext:
     #: "auto" reads checkpoints; "dummy" fills random weights (benchmarks): a draft model
     #: is loaded the same way as the target.
     load_format: str
-    #: Builds the model of an HF directory with an installed architecture, on the device,
-    #: with the engine's attention backend and layer ops, weights loaded per ``load_format``.
-    load_model: Callable[[str], torch.nn.Module]
+    #: ``load_model(path, hf_config=None)`` builds the model of an HF directory with an
+    #: installed architecture, on the device, with the engine's attention backend and layer
+    #: ops, weights loaded per ``load_format``; ``hf_config`` replaces the directory's
+    #: ``config.json`` (a head whose config names the target's architecture).
+    load_model: Callable[..., torch.nn.Module]
     #: ``attention_metadata(query_lens, seq_lens, slots, block_tables)`` over a flat batch:
     #: per sequence the new tokens and the length after them, per token its cache slot,
     #: per sequence its block-table row (numpy); prepared by the engine's backend.
