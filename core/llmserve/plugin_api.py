@@ -52,8 +52,8 @@ from llmserve.runner.graph_runner import GraphModelRunner
 from llmserve.runner.model_runner import ModelRunner, StepBatch
 from llmserve.sample.logits_processor import LogitsProcessor
 from llmserve.sample.metadata import SamplingMetadata
-from llmserve.spec_decode.proposer import (GraphCapture, ProposalBatch, Proposer, ProposerContext,
-                                           TargetStep)
+from llmserve.spec_decode.proposer import (GraphCapture, PendingProposalBatch, ProposalBatch,
+                                           Proposer, ProposerContext, TargetStep)
 from llmserve.scheduler.policy import (
     PolicyMetric,
     PolicyOptions,
@@ -112,7 +112,7 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.sample.metadata",       # SamplingMetadata
     # Speculative decoding
     "llmserve.spec_decode.proposer",  # Proposer, ProposerContext, ProposalBatch, TargetStep,
-    #                                   GraphCapture
+    #                                   GraphCapture, PendingProposalBatch
     "llmserve.spec_decode.rejection",  # rejection_sample, Verified
     # Structured outputs
     "llmserve.structured_output",     # re-exports the two modules below
@@ -140,6 +140,7 @@ __all__ = [
     "EngineConfig", "SchedulerConfig", "SpeculativeConfig",
     # speculative decoding
     "Proposer", "ProposerContext", "ProposalBatch", "TargetStep", "GraphCapture",
+    "PendingProposalBatch",
     # platforms and runners
     "Platform", "GpuPlatform", "ModelRunnerBase", "RunnerConfig", "StepHandle", "ModelRunner",
     "StepBatch", "GraphModelRunner",

@@ -112,3 +112,25 @@ def check_token_ids(params: SamplingParams, vocab_size: int) -> None:
             raise ValueError(
                 f"{name} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
             )
+
+
+#: Optional sampling features, as bits: the sampler builds only the parts a batch uses.
+FEATURE_LOGPROBS = 1
+FEATURE_PENALTIES = 2
+FEATURE_LOGIT_BIAS = 4
+FEATURE_ALLOWED_IDS = 8
+FEATURE_MIN_TOKENS = 16
+FEATURE_PROCESSORS = 32
+#: Features that read a request's output tokens on the host (such requests take no drafts).
+OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
+
+
+def features_of(p: SamplingParams) -> int:
+    """The optional sampling features a request uses, as a bit set."""
+    return ((FEATURE_LOGPROBS if p.logprobs is not None else 0)
+            | (FEATURE_PENALTIES if p.presence_penalty or p.frequency_penalty
+               or p.repetition_penalty != 1.0 else 0)
+            | (FEATURE_LOGIT_BIAS if p.logit_bias else 0)
+            | (FEATURE_ALLOWED_IDS if p.allowed_token_ids is not None else 0)
+            | (FEATURE_MIN_TOKENS if p.min_tokens else 0)
+            | (FEATURE_PROCESSORS if p.logits_processors else 0))

@@ -257,10 +257,16 @@ def test_greedy_output_is_the_target_s_and_drafts_are_the_head_s(target_dir, hea
         assert not mismatched, (name, mismatched)
 
 
-def test_chunked_prefill_prefix_caching_and_preemption(target_dir, heads, reference):
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_chunked_prefill_prefix_caching_and_preemption(target_dir, heads, reference,
+                                                       async_scheduling):
+    """Also under asynchronous scheduling, where the head drafts once the step in flight has
+    reached the host (it reads that step's hidden states at its true positions)."""
     for name in ("eagle", "eagle3"):
         llm = engine(target_dir, spec_for(heads, name), max_num_batched_tokens=16,
-                     num_gpu_blocks_override=12, max_num_seqs=4)
+                     num_gpu_blocks_override=12, max_num_seqs=4,
+                     async_scheduling=async_scheduling)
+        assert llm.llm_engine.core.scheduler.drafts_ahead == async_scheduling
         assert run_greedy(llm) == reference, name
         assert run_greedy(llm) == reference, name  # again: prefix hits
         stats = llm.llm_engine.core.stats()

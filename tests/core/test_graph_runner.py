@@ -3,10 +3,13 @@ Capture and replay themselves need a GPU (benchmarks/gpu)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from llmserve.attention.backend import AttentionMetadata
 from llmserve.attention.torch_ref import TorchPagedAttention
 from llmserve.config import EngineArgs
 from llmserve.engine.resolver import resolve_engine
@@ -127,21 +130,31 @@ def test_graph_runner_keeps_one_scratch_state_row_beyond_slots_and_snapshots(tin
 # ---- the replay paths on the CPU -------------------------------------------------------------
 
 
+class LiveMetadata(AttentionMetadata):
+    """Static metadata whose backend state is planned again at every read.
+
+    The torch reference backend plans its masks from the metadata's values, where a graph's
+    backend (Triton) reads them from memory in every kernel; a recorded function may change
+    them between two forwards (the draft model's decode steps do)."""
+
+    def __getattribute__(self, name):
+        if name == "backend_state":
+            object.__getattribute__(self, "backend").prepare(self)
+        return object.__getattribute__(self, name)
+
+
 class EagerReplayRunner(GraphModelRunner):
     """A graph runner whose "recordings" re-run the recorded function: every replay path
     (padding, inert columns, layouts, the proposer's recorded drafting) runs here, on the
-    CPU, exactly as the device would run it, only without a graph.
-
-    The torch reference backend plans its masks from the metadata's values, where a graph's
-    backend (Triton) reads them on the device: each replay plans the static metadata anew.
-    """
+    CPU, exactly as the device would run it, only without a graph."""
 
     replays: dict = {}
 
     def graph_attention_metadata(self, *args, **kwargs):
         md = super().graph_attention_metadata(*args, **kwargs)
-        self.__dict__.setdefault("static_metadata", []).append(md)
-        return md
+        live = LiveMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
+        live.backend = self.attn_backend
+        return live
 
     def record(self, fn):
         key = len(EagerReplayRunner.replays)
@@ -149,8 +162,6 @@ class EagerReplayRunner(GraphModelRunner):
 
         def replay():
             EagerReplayRunner.replays[key] += 1
-            for md in self.static_metadata:
-                self.attn_backend.prepare(md)
             return fn()
 
         fn()
@@ -250,3 +261,128 @@ def test_verification_and_drafting_replays_keep_greedy_tokens(tiny_models, spec)
         recorded = runner.proposer.recorded
         assert recorded is not None and recorded.q == q
         assert len(counts) == 2 * n + len(recorded.sizes) and sum(counts[2 * n:]) > 0
+
+
+def _perturbed_copy(model_dir: str, out) -> str:
+    """The model with noise on its weights: as a draft it agrees with the model part of the
+    time, so both accepted and rejected drafts occur."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    weights = load_file(f"{out}/model.safetensors")
+    gen = torch.Generator().manual_seed(3)
+    save_file({name: w + 0.2 * w.std() * torch.randn(w.shape, generator=gen)
+               for name, w in weights.items()}, f"{out}/model.safetensors")
+    return str(out)
+
+
+@pytest.mark.parametrize("spec", [
+    {"method": "ngram", "num_speculative_tokens": 3},
+    {"method": "draft_model", "num_speculative_tokens": 4},
+], ids=["ngram", "draft_model"])
+def test_asynchronous_speculation_on_the_device_keeps_greedy_tokens(tiny_models, spec, tmp_path):
+    """Asynchronous scheduling with speculation, through the replay paths: the draft model
+    drafts on the device from the tokens of the step in flight, and the verification graph
+    reads the previous step's last tokens and moves positions back by its rejected drafts,
+    all before the host has them. Greedy tokens stay the plain engine's; the draft model's
+    steps wait for the host only where a step runs eagerly (a prefill)."""
+    from llmserve import hookimpl
+    from llmserve.engine.llm_engine import LLMEngine
+    from llmserve.plugin_testing import registered_plugin
+
+    path = tiny_models["LlamaForCausalLM"]
+    if spec["method"] == "draft_model":
+        spec = {**spec, "model": _perturbed_copy(path, tmp_path / "draft")}
+    args = dict(model=path, dtype="float32", max_model_len=256, max_num_seqs=8)
+    plain = LLMEngine(EngineArgs(**args), fresh_plugin_manager())
+    plain.seen = []
+    want = _greedy_tokens(plain, PROMPTS, new_tokens=30)
+    plugin = type("P", (), {"llmserve_platforms": staticmethod(
+        hookimpl(lambda: [EagerReplayPlatform]))})()
+    EagerReplayRunner.replays = {}
+    pm = fresh_plugin_manager()
+    with registered_plugin(pm, plugin, "eager-replay"):
+        engine = LLMEngine(EngineArgs(**args, device="eager-replay", speculative_config=spec,
+                                      async_scheduling=True), pm)
+        engine.seen = []
+        runner = engine.core.runner
+        got = _greedy_tokens(engine, PROMPTS, new_tokens=30)
+        one = [_greedy_tokens(engine, [p], new_tokens=30)[0] for p in PROMPTS[2:4]]
+    assert got == want and one == want[2:4]
+    stats = engine.core.stats()
+    assert 0 < stats["spec_decode_num_accepted_tokens"] < stats["spec_decode_num_draft_tokens"]
+    if spec["method"] == "draft_model":
+        assert runner.num_device_proposals > 20
+        assert runner.num_host_waits <= 3
+    else:  # n-gram lookup reads the host's tokens: every drafting step waits
+        assert runner.num_device_proposals == 0 and runner.num_host_waits > 0
+    assert engine.core.kv_manager.num_free_blocks == engine.core.num_blocks
+
+
+def _completions(engine, prompts, params) -> list:
+    for i, p in enumerate(prompts):
+        engine.add_request(f"c{len(engine.seen)}-{i}", p, params)
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.outputs
+    engine.seen.append(1)
+    return [done[f"c{len(engine.seen) - 1}-{i}"] for i in range(len(prompts))]
+
+
+def test_asynchronous_device_speculation_with_preemption_logprobs_and_seeds(tiny_models,
+                                                                            tmp_path):
+    """The device path beside chunked prefill, prefix hits and preemption (a cache of 12
+    blocks for 4 requests), with logprobs, a stop token inside a run of drafts, and seeded
+    sampling with n=3."""
+    from llmserve import hookimpl
+    from llmserve.engine.llm_engine import LLMEngine
+    from llmserve.plugin_testing import registered_plugin
+    from llmserve.sampling_params import SamplingParams
+
+    path = tiny_models["LlamaForCausalLM"]
+    args = dict(model=path, dtype="float32", max_model_len=256, max_num_seqs=4,
+                max_num_batched_tokens=16, num_gpu_blocks_override=12)
+    spec = {"method": "draft_model", "num_speculative_tokens": 3,
+            "model": _perturbed_copy(path, tmp_path / "draft")}
+    greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)
+    plain = LLMEngine(EngineArgs(**args), fresh_plugin_manager())
+    plain.seen = []
+    want = [c[0] for c in _completions(plain, PROMPTS, greedy)]
+    plugin = type("P", (), {"llmserve_platforms": staticmethod(
+        hookimpl(lambda: [EagerReplayPlatform]))})()
+    pm = fresh_plugin_manager()
+    with registered_plugin(pm, plugin, "eager-replay"):
+        engine = LLMEngine(EngineArgs(**args, device="eager-replay", speculative_config=spec,
+                                      async_scheduling=True), pm)
+        engine.seen = []
+        for _ in range(2):  # the second time with prefix hits
+            got = [c[0] for c in _completions(engine, PROMPTS, greedy)]
+            assert [c.token_ids for c in got] == [c.token_ids for c in want]
+            for a, b in zip(got, want):
+                for x, y in zip(a.logprobs, b.logprobs):
+                    assert list(x) == list(y)
+                    assert [v.logprob for v in x.values()] == pytest.approx(
+                        [v.logprob for v in y.values()], abs=1e-4)
+        stop = want[2].token_ids[10]
+        cut = _completions(engine, [PROMPTS[2]], SamplingParams(
+            temperature=0.0, max_tokens=24, ignore_eos=True, stop_token_ids=[stop]))[0][0]
+        assert cut.token_ids == want[2].token_ids[:want[2].token_ids.index(stop) + 1]
+        core = engine.core
+        assert core.scheduler.num_preemptions > 0
+        assert core.stats()["prefix_cache_hits"] > 0
+        assert core.runner.num_device_proposals > 10
+        assert core.kv_manager.num_free_blocks == core.num_blocks
+        # Seeds reproduce beside other requests where the token budget leaves every request
+        # its drafts (a seeded stream draws per draft).
+        engine = LLMEngine(EngineArgs(**{**args, "max_num_batched_tokens": 256},
+                                      device="eager-replay", speculative_config=spec,
+                                      async_scheduling=True), pm)
+        engine.seen = []
+        seeded = SamplingParams(n=3, temperature=1.0, max_tokens=16, seed=5, ignore_eos=True)
+        a = [c.token_ids for c in _completions(engine, [PROMPTS[1]], seeded)[0]]
+        b = [c.token_ids for c in _completions(engine, [PROMPTS[1], [9] * 5], seeded)[0]]
+        assert a == b and len({tuple(x) for x in a}) > 1

@@ -121,10 +121,14 @@ def test_rejected_drafts_are_rolled_back_every_step(target_dir, other_draft_dir)
     assert steps < 40
 
 
-def test_chunked_prefill_prefix_caching_and_preemption(target_dir, reference):
+SCHEDULING = pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+
+
+@SCHEDULING
+def test_chunked_prefill_prefix_caching_and_preemption(target_dir, reference, async_scheduling):
     spec = {"method": "draft_model", "model": target_dir, "num_speculative_tokens": K}
     llm = engine(target_dir, spec, max_num_batched_tokens=16, num_gpu_blocks_override=12,
-                 max_num_seqs=4)
+                 max_num_seqs=4, async_scheduling=async_scheduling)
     assert run_greedy(llm) == reference
     assert run_greedy(llm) == reference  # again: prefix hits
     core = llm.llm_engine.core
@@ -133,9 +137,11 @@ def test_chunked_prefill_prefix_caching_and_preemption(target_dir, reference):
     assert spec_stats(llm)["spec_decode_num_accepted_tokens"] > 0
 
 
-def test_logprobs_stop_ids_and_n(target_dir):
+@SCHEDULING
+def test_logprobs_stop_ids_and_n(target_dir, async_scheduling):
     base, spec = engine(target_dir), engine(target_dir, {
-        "method": "draft_model", "model": target_dir, "num_speculative_tokens": K})
+        "method": "draft_model", "model": target_dir, "num_speculative_tokens": K},
+        async_scheduling=async_scheduling)
     prompt = {"prompt_token_ids": PROMPTS[2]}
     want = base.generate(prompt, greedy(20, logprobs=3), use_tqdm=False)[0].outputs[0]
     got = spec.generate(prompt, greedy(20, logprobs=3), use_tqdm=False)[0].outputs[0]
@@ -186,7 +192,8 @@ def _critical(dof: int) -> float:
     return CHI2_999[min((d for d in CHI2_999 if d >= dof), default=max(CHI2_999))]
 
 
-def test_sampled_output_follows_the_target_distribution(target_dir):
+@SCHEDULING
+def test_sampled_output_follows_the_target_distribution(target_dir, async_scheduling):
     """4,000 draws of three tokens (top-k 4, temperature 0.8) against 4,000 without
     speculation. The draft is the target's greedy choice, which a sampled target takes only
     part of the time: both acceptance and the residual distribution are exercised."""
@@ -196,7 +203,8 @@ def test_sampled_output_follows_the_target_distribution(target_dir):
     runs = []
     for spec in (None, {"method": "draft_model", "model": target_dir,
                         "num_speculative_tokens": 2}):
-        llm = engine(target_dir, spec, max_model_len=64, seed=len(runs))
+        llm = engine(target_dir, spec, max_model_len=64, seed=len(runs),
+                     async_scheduling=async_scheduling)
         outs = llm.generate([prompt] * n, params, use_tqdm=False)
         runs.append([tuple(o.outputs[0].token_ids) for o in outs])
         if spec:
@@ -221,9 +229,6 @@ def test_bad_speculative_configs(target_dir):
                                          r"prompt_lookup_max \(2\)"):
         engine(target_dir, {"method": "ngram", "num_speculative_tokens": 2,
                             "prompt_lookup_min": 4, "prompt_lookup_max": 2})
-    with pytest.raises(ValueError, match="async_scheduling is not supported"):
-        engine(target_dir, {"method": "ngram", "num_speculative_tokens": 2},
-               async_scheduling=True)
     with pytest.raises(ValueError, match="speculative_config.model is required"):
         engine(target_dir, {"method": "draft_model", "num_speculative_tokens": 2})
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -377,3 +382,42 @@ def test_an_observing_proposer_sees_every_computed_token(target_dir, reference):
             torch.testing.assert_close(aux[:, :hidden.shape[1]], embeds)
     assert next_position >= len(tokens) - 1
     assert engine_.core.stats()["spec_decode_num_draft_tokens"] > 0
+
+
+ASYNC_SPECS = {
+    "self-draft": lambda target, other: {"method": "draft_model", "model": target,
+                                         "num_speculative_tokens": K},
+    "unrelated draft": lambda target, other: {"method": "draft_model", "model": other,
+                                              "num_speculative_tokens": K},
+    "ngram": lambda target, other: {"method": "ngram", "num_speculative_tokens": K},
+}
+
+
+@pytest.mark.parametrize("name", list(ASYNC_SPECS))
+def test_asynchronous_scheduling_keeps_the_greedy_output(target_dir, other_draft_dir,
+                                                         reference, name):
+    """With asynchronous scheduling the scheduler places the drafts before the tokens they
+    follow are known; its counts are optimistic until each step's outputs roll back the
+    rejected drafts. After every step each running request has all its tokens, counting
+    those in flight, but the last in the cache, and no block outlives the run."""
+    llm = engine(target_dir, ASYNC_SPECS[name](target_dir, other_draft_dir),
+                 async_scheduling=True)
+    core = llm.llm_engine.core
+    assert core.async_scheduling and core.scheduler.drafts_ahead
+    from llmserve.request import EngineCoreRequest
+
+    for i, p in enumerate(PROMPTS):
+        core.add_request(EngineCoreRequest(f"r{i}", p, greedy(), frozenset()))
+    got: dict[str, list[int]] = {f"r{i}": [] for i in range(len(PROMPTS))}
+    while core.has_unfinished_requests():
+        for out in core.step():
+            got[out.request_id] += out.new_token_ids
+        for request in core.scheduler.running:
+            assert request.num_computed_tokens == (request.num_tokens - 1
+                                                   + request.num_output_placeholders)
+    assert list(got.values()) == reference
+    stats = spec_stats(llm)
+    assert stats["spec_decode_num_drafts"] > 0
+    if name == "self-draft":
+        assert stats["spec_decode_num_accepted_tokens"] == stats["spec_decode_num_draft_tokens"]
+    assert core.kv_manager.num_free_blocks == core.num_blocks

@@ -85,7 +85,8 @@ class EngineCore:
             self.structured_outputs,
             num_speculative_tokens=spec.num_speculative_tokens if spec else 0,
             num_lookahead_tokens=(spec.num_speculative_tokens
-                                  if proposer is not None and proposer.needs_lookahead else 0))
+                                  if proposer is not None and proposer.needs_lookahead else 0),
+            speculate_below=spec.disable_by_batch_size if spec else None)
         #: Host time spent filling grammar bitmasks, and the steps that filled one.
         self.grammar_fill_s = 0.0
         self.grammar_fill_steps = 0

@@ -110,10 +110,11 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
     speculative = _speculative_config(args, pm)
     async_scheduling = (platform.default_async_scheduling if args.async_scheduling is None
                         else args.async_scheduling)
-    if speculative is not None and async_scheduling:
+    if (speculative is not None and async_scheduling
+            and not platform.model_runner_class().supports_async_speculation):
         if args.async_scheduling:
-            raise ValueError("async_scheduling is not supported with speculative_config yet: "
-                             "drafts are proposed from tokens on the host")
+            raise ValueError(f"async_scheduling with speculative_config needs a runner that "
+                             f"makes scheduled drafts; {platform.name!r}'s does not")
         async_scheduling = False
 
     dtype_name = args.canonical_dtype

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
+from typing import ClassVar, TYPE_CHECKING, Any, Mapping, Optional, Protocol
 
 from llmserve.config import EngineConfig
 from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
@@ -82,6 +82,11 @@ class ModelRunnerBase(ABC):
 
     Subclasses are constructed with one argument, ``runner_cls(config)``.
     """
+
+    #: Whether the runner makes the drafts the scheduler places as ``DRAFT_PLACEHOLDER``s
+    #: under asynchronous scheduling (speculation then keeps the step in flight; without
+    #: it, speculation turns asynchronous scheduling off). Added in plugin API 1.6.
+    supports_async_speculation: ClassVar[bool] = False
 
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config

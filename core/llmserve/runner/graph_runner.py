@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from llmserve.kv_cache.spec import KVCacheConfig
 from llmserve.platforms.gpu import GpuPlatform
 from llmserve.runner.base import RunnerConfig
 from llmserve.runner.model_runner import ModelRunner, StepBatch
+from llmserve.scheduler.output import SchedulerOutput
 from llmserve.spec_decode.proposer import GraphCapture
 
 logger = logging.getLogger(__name__)
@@ -264,17 +265,26 @@ class GraphModelRunner(ModelRunner):
 
     # ---- replay ---------------------------------------------------------------------------
 
-    def run_model(self, step: StepBatch) -> torch.Tensor:
-        n = step.num_seqs
-        if step.is_decode_only:
+    def _replayed(self, num_seqs: int, max_sched: int,
+                  decode_only: bool) -> tuple[Optional[GraphSet], Optional[int]]:
+        """The graphs and the size a step replays at; (None, None) when it runs eagerly."""
+        if decode_only:
             gs = self.graph_sets.get(1)
         else:
             gs = self.graph_sets.get(self.num_speculative_tokens + 1)
-            if gs is not None and (int(step.num_sched.max()) > gs.q
-                                   or step.pending_flat is not None):
+            if gs is not None and max_sched > gs.q:
                 gs = None
-        size = padded_size(self.sizes, n) if gs is not None else None
-        if size is None:
+        size = padded_size(self.sizes, num_seqs) if gs is not None else None
+        return (gs, size) if size is not None else (None, None)
+
+    def inputs_on_device(self, so: SchedulerOutput, req_ids: list[str]) -> bool:
+        counts = [so.num_scheduled_tokens[r] for r in req_ids]
+        return self._replayed(len(counts), max(counts), max(counts) == 1)[0] is not None
+
+    def run_model(self, step: StepBatch) -> torch.Tensor:
+        n = step.num_seqs
+        gs, size = self._replayed(n, int(step.num_sched.max()), step.is_decode_only)
+        if gs is None:
             return super().run_model(step)
         q = gs.q
         host = gs.next_staging()
@@ -286,20 +296,23 @@ class GraphModelRunner(ModelRunner):
         else:
             dest = self._stage_uniform(host, step, size, q)
         gs.static[:, :size * q].copy_(host[:, :size * q], non_blocking=True)
-        if dest is None:
-            self._fill_pending_inputs(gs.static[0, :size], step)
         nb = min(int(-(-int(step.seq_lens.max() + q - 1) // self.block_size)),
                  self.batch.block_table.shape[1])
         gs.block_tables[:n, :nb].copy_(self.upload(self.batch.block_table[step.rows, :nb]),
                                        non_blocking=True)
         if size > n:
             gs.block_tables[n:size, 0] = self.scratch_block
+        static = gs.static
+        self._fill_device_inputs(step, static[0], static[1], static[2], static[3],
+                                 gs.block_tables, dest)
         out, aux = gs.graphs[size]()
         if dest is None:
+            self.step_input_ids = static[0, :n]
             if aux is not None:
                 self.step_aux_hidden = aux[:n]
             return out[:n]
         index = self.upload(dest)
+        self.step_input_ids = static[0][index]
         if aux is not None:
             self.step_aux_hidden = aux[index]
         return out[index]

@@ -30,6 +30,10 @@ class InputBatch:
         self.num_tokens = np.zeros(max_num_reqs, dtype=np.int64)
         self.num_prompt_tokens = np.zeros(max_num_reqs, dtype=np.int64)
         self.num_computed = np.zeros(max_num_reqs, dtype=np.int64)
+        #: Per row, the tokens rolled back after verifications (rejected drafts), counted
+        #: since the start: a step launched before a verification resolved reads how far its
+        #: placeholders moved as the difference (asynchronous scheduling).
+        self.num_rolled_back = np.zeros(max_num_reqs, dtype=np.int64)
         self.block_table = np.zeros((max_num_reqs, max_blocks), dtype=np.int64)
         self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
         #: Each row's slot in the per-request state layers (-1: none).
@@ -94,14 +98,34 @@ class InputBatch:
         self.wants_prompt_logprobs[row] = False
         self._free_rows.append(row)
 
-    def reserve_tokens(self, rows: np.ndarray) -> np.ndarray:
-        """Append a placeholder to each of ``rows`` for the token sampled this step; returns
-        the positions, for ``fill_tokens`` once the tokens reach the host."""
+    def reserve_tokens(self, rows: np.ndarray, counts: Optional[np.ndarray] = None) -> np.ndarray:
+        """Append placeholders to each of ``rows`` for the tokens sampled this step (one, or
+        ``counts``: a verification's drafts + 1, as if all were accepted); returns the first
+        positions, for ``fill_tokens`` once the tokens reach the host."""
         n = self.num_tokens[rows]
-        room = n < self.max_model_len
-        self.token_ids[rows[room], n[room]] = PLACEHOLDER
-        self.num_tokens[rows] = n + 1
+        if counts is None:
+            room = n < self.max_model_len
+            self.token_ids[rows[room], n[room]] = PLACEHOLDER
+            self.num_tokens[rows] = n + 1
+            return n
+        for row, start, count in zip(rows.tolist(), n.tolist(), counts.tolist()):
+            self.token_ids[row, start:start + count] = PLACEHOLDER
+        self.num_tokens[rows] = n + counts
         return n
+
+    def accept(self, row: int, position: int, tokens: np.ndarray, reserved: int) -> None:
+        """A verification's emitted ``tokens`` replace the ``reserved`` placeholders at
+        ``position``; the rejected rest is rolled back: the known and computed tokens shrink
+        and the placeholders of steps launched since move down."""
+        n = len(tokens)
+        self.token_ids[row, position:position + n] = tokens[:self.max_model_len - position]
+        rejected = reserved - n
+        if rejected:
+            total = int(self.num_tokens[row]) - rejected
+            self.token_ids[row, position + n:total] = PLACEHOLDER
+            self.num_tokens[row] = total
+            self.num_computed[row] -= rejected
+            self.num_rolled_back[row] += rejected
 
     def fill_tokens(self, rows: np.ndarray, positions: np.ndarray, tokens: np.ndarray) -> None:
         room = positions < self.max_model_len

@@ -23,18 +23,14 @@ from llmserve.models.loader import load_model, read_hf_config, resolve_architect
 from llmserve.runner.base import CompletedStep, ModelRunnerBase, RunnerConfig
 from llmserve.sample import Sampler, SamplingMetadata, make_logits_processors
 from llmserve.sample.sampler import SamplerOutput, compute_prompt_logprobs, gather_logprobs
-from llmserve.scheduler.output import (GrammarBitmask, LogprobsLists, ModelRunnerOutput,
-                                       SchedulerOutput)
-from llmserve.sample.metadata import (FEATURE_MIN_TOKENS, FEATURE_PENALTIES,
-                                      FEATURE_PROCESSORS)
+from llmserve.scheduler.output import (DRAFT_PLACEHOLDER, GrammarBitmask, LogprobsLists,
+                                       ModelRunnerOutput, SchedulerOutput)
+from llmserve.sample.metadata import OUTPUT_READING_FEATURES
 from llmserve.runner.input_batch import PLACEHOLDER, InputBatch
 from llmserve.sampling_params import SAMPLING_EPS
-from llmserve.spec_decode.proposer import (ProposalBatch, Proposer, ProposerContext,
-                                           TargetStep)
+from llmserve.spec_decode.proposer import (PendingProposalBatch, ProposalBatch, Proposer,
+                                           ProposerContext, TargetStep)
 from llmserve.spec_decode.rejection import PAD, greedy_verify, rejection_sample
-
-#: Sampling features that read a request's output tokens on the host.
-OUTPUT_READING_FEATURES = FEATURE_PENALTIES | FEATURE_MIN_TOKENS | FEATURE_PROCESSORS
 
 
 @dataclass
@@ -53,6 +49,21 @@ class StepBatch:
     #: yet, and where each sits in that step's sampled tokens (asynchronous scheduling).
     pending_flat: Optional[np.ndarray] = None
     pending_src: Optional[np.ndarray] = None
+    #: Flat positions of drafts the proposer made on the device, and where each sits in
+    #: the flattened ``[num_proposals, k]`` drafts.
+    draft_flat: Optional[np.ndarray] = None
+    draft_src: Optional[np.ndarray] = None
+    #: Requests (indices into this step) whose host positions assume every draft the
+    #: previous, unresolved step verified is accepted, and where each sits in that step's
+    #: sampled tokens: the device moves their positions back by the rejected count.
+    shift_seq: Optional[np.ndarray] = None
+    shift_src: Optional[np.ndarray] = None
+
+    @property
+    def has_device_inputs(self) -> bool:
+        """Whether inputs wait for the previous step's device results."""
+        return (self.pending_flat is not None or self.draft_flat is not None
+                or self.shift_seq is not None)
 
     @property
     def num_tokens(self) -> int:
@@ -70,6 +81,8 @@ class StepBatch:
 class ModelRunner(ModelRunnerBase):
     """The torch runner; platform runners subclass it (the GPU one replays graphs in
     ``run_model``)."""
+
+    supports_async_speculation = True
 
     def __init__(self, config: RunnerConfig) -> None:
         super().__init__(config)
@@ -100,6 +113,17 @@ class ModelRunner(ModelRunnerBase):
         spec = engine.speculative
         self.num_speculative_tokens = spec.num_speculative_tokens if spec else 0
         self.speculate_below = (spec.disable_by_batch_size if spec else None) or float("inf")
+        #: With speculation, the scheduler schedules draft placeholders that the proposer
+        #: fills at launch, before the previous step's tokens reach the host.
+        self.drafts_ahead = engine.scheduler.async_scheduling and spec is not None
+        #: [num_proposals, k] drafts made on the device for the step being launched.
+        self._device_drafts: Optional[torch.Tensor] = None
+        #: The step's input ids on the device (flat), where verification reads its drafts.
+        self.step_input_ids: Optional[torch.Tensor] = None
+        #: Steps launched only after waiting for the previous one's tokens on the host, and
+        #: steps that made their drafts on the device (asynchronous scheduling).
+        self.num_host_waits = 0
+        self.num_device_proposals = 0
         #: Caching layers of the proposer (a draft model's), planned after the target's.
         self.num_proposer_cache_layers = 0
         #: Decoder layers whose inputs the proposer reads (EAGLE-3), and the step's
@@ -284,7 +308,27 @@ class ModelRunner(ModelRunnerBase):
         if len(flat):
             step.pending_flat = flat
             step.pending_src = self._previous.source_index(token_rows[flat])
+        if self.drafts_ahead:
+            self._mark_device_inputs(step, so, req_ids, seq_of_token)
         return step
+
+    def _mark_device_inputs(self, step: StepBatch, so: SchedulerOutput, req_ids: list[str],
+                            seq_of_token: np.ndarray) -> None:
+        """Where this step's inputs wait for device results: drafts made on the device, and
+        requests whose positions assume the previous step's drafts were all accepted."""
+        flat = np.nonzero(step.input_ids == DRAFT_PLACEHOLDER)[0]
+        if len(flat):
+            step.draft_flat = flat
+            step.draft_src = self._draft_index[seq_of_token[flat]] * self.num_speculative_tokens \
+                + (flat - (step.cu - step.num_sched)[seq_of_token[flat]] - 1)
+        previous = self._previous
+        if previous is not None and not previous.resolved and previous.verify is not None:
+            src = previous.source_index(step.rows, missing=-1)
+            verified = src >= 0
+            verified[verified] = previous.verify.num_drafts[src[verified]] > 0
+            if verified.any():
+                step.shift_seq = np.nonzero(verified)[0]
+                step.shift_src = src[step.shift_seq]
 
     def _attention_metadata(self, step: StepBatch) -> AttentionMetadata:
         max_blocks = int(-(-step.seq_lens.max() // self.block_size))
@@ -317,7 +361,8 @@ class ModelRunner(ModelRunnerBase):
         """
         md = self._attention_metadata(step)
         input_ids = self.upload(step.input_ids)
-        self._fill_pending_inputs(input_ids, step)
+        self._fill_device_inputs(step, input_ids)
+        self.step_input_ids = input_ids
         fctx = self._forward_context(md, step)
         hidden = self.model(input_ids, self.upload(step.positions), fctx)
         if self.aux_layers:
@@ -356,12 +401,10 @@ class ModelRunner(ModelRunnerBase):
         batch = self.batch
         dev = self.device
         drafts = so.scheduled_spec_decode_tokens
-        if drafts:
-            # The drafts follow each request's last token, where the step's inputs are read.
-            for rid, tokens in drafts.items():
-                row = batch.row_of[rid]
-                n = batch.num_tokens[row]
-                batch.token_ids[row, n:n + len(tokens)] = tokens
+        if self.drafts_ahead:
+            self._make_drafts(so, req_ids)
+        elif drafts:
+            self._write_drafts(drafts)
         step = self._step_batch(so, req_ids)
         self._copy_state_rows(so.state_restores)
         hidden = self.run_model(step)
@@ -398,11 +441,12 @@ class ModelRunner(ModelRunnerBase):
                 # offsets[j] + num_drafts[j] of the logits belong to sampling request j.
                 counts = num_drafts + 1
                 offsets = np.cumsum(counts) - counts
-                flat = (np.repeat(cu[sample_idx] - counts - offsets, counts)
-                        + np.arange(int(counts.sum())))
+                first = cu[sample_idx] - counts
+                flat = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
                 sample_rows = np.repeat(sample_rows, counts)
                 arrays = batch.sampling_arrays(sample_rows)
-                verify = Verification(num_drafts, offsets, generators)
+                verify = Verification(num_drafts, offsets, generators,
+                                      self._draft_ids(first, num_drafts))
                 generators = [None] * len(flat)
             else:
                 flat = cu[sample_idx] - 1
@@ -456,7 +500,8 @@ class ModelRunner(ModelRunnerBase):
         else:
             out = self._verify(held)
             pending.verify = held.verify
-        pending.launch_copy(out, batch.reserve_tokens(sample_rows),
+        counts = None if held.verify is None else held.verify.num_drafts + 1
+        pending.launch_copy(out, batch.reserve_tokens(sample_rows, counts),
                             [batch.params[r].logprobs for r in sample_rows]
                             if out.logprobs is not None else None)
 
@@ -474,20 +519,14 @@ class ModelRunner(ModelRunnerBase):
         index = offsets[:, None] + np.minimum(np.arange(width + 1)[None, :], num_drafts[:, None])
         index_t = self.upload(index)
         rows = held.pending.sample_rows
-        # Each request's drafts follow its known tokens in the token table.
-        columns = self.batch.num_tokens[rows][:, None] + np.arange(width)[None, :]
-        draft_ids = np.where(np.arange(width)[None, :] < num_drafts[:, None],
-                             self.batch.token_ids[rows[:, None],
-                                                  np.minimum(columns, self.max_model_len - 1)],
-                             0)
+        draft_ids = verify.draft_ids
         probs, greedy = self.sampler.verification_inputs(held.logits, md)
         if probs is None:
-            verified = greedy_verify(greedy[index_t], self.upload(draft_ids),
-                                     self.upload(num_drafts))
+            verified = greedy_verify(greedy[index_t], draft_ids, self.upload(num_drafts))
         else:
             temperature = self.batch.sampling["temperature"][rows]
             gens = {j: g for j, g in enumerate(verify.generators) if g is not None}
-            verified = rejection_sample(probs[index_t], self.upload(draft_ids),
+            verified = rejection_sample(probs[index_t], draft_ids,
                                         self.upload(num_drafts), None,
                                         self.upload(temperature < SAMPLING_EPS), gens,
                                         target_argmax=greedy[index_t])
@@ -495,9 +534,11 @@ class ModelRunner(ModelRunnerBase):
         if raw_logprobs is not None:
             # The token emitted at each scored position (PAD past a rejection scores id 0,
             # and is dropped on the host).
+            # Columns past a request's own drafts repeat its last row: they are not written.
             emitted = verified.output_token_ids.clamp(min=0)
+            own = np.arange(width + 1)[None, :] <= num_drafts[:, None]
             flat = torch.empty(len(held.logits), dtype=torch.long, device=self.device)
-            flat[index_t] = emitted
+            flat[self.upload(index[own])] = emitted[self.upload(own)]
             logprobs = gather_logprobs(raw_logprobs, md.max_num_logprobs, flat)
         return SamplerOutput(verified.output_token_ids, logprobs)
 
@@ -525,12 +566,154 @@ class ModelRunner(ModelRunnerBase):
             - (num_tokens - batch.num_prompt_tokens[rows])
         max_drafts = np.clip(np.minimum(self.max_model_len - num_tokens, left - 1), 0,
                              self.num_speculative_tokens)
-        proposed = self.proposer.propose(ProposalBatch(
-            req_ids=[req_ids[i] for i in sample_idx], rows=rows, token_ids=batch.token_ids,
-            num_tokens=num_tokens, max_drafts=max_drafts, block_table=batch.block_table))
+        proposed = self._propose_rows([req_ids[i] for i in sample_idx], rows, max_drafts)
         for i, tokens in zip(sample_idx.tolist(), proposed):
             drafts[i] = np.asarray(tokens, dtype=np.int64).tolist()
         return drafts
+
+    def _propose_rows(self, req_ids: list[str], rows: np.ndarray,
+                      max_drafts: np.ndarray) -> list[np.ndarray]:
+        """The proposer's drafts for these rows, every token of which is on the host."""
+        batch = self.batch
+        return self.proposer.propose(ProposalBatch(
+            req_ids=req_ids, rows=rows, token_ids=batch.token_ids,
+            num_tokens=batch.num_tokens[rows], max_drafts=max_drafts,
+            block_table=batch.block_table))
+
+    # ---- drafts made before the previous step resolves (asynchronous scheduling) -------
+
+    def _write_drafts(self, drafts: dict[str, list[int]]) -> None:
+        """The drafts follow each request's last token, where the step's inputs are read."""
+        batch = self.batch
+        for rid, tokens in drafts.items():
+            row = batch.row_of[rid]
+            n = batch.num_tokens[row]
+            batch.token_ids[row, n:n + len(tokens)] = tokens
+
+    def inputs_on_device(self, so: SchedulerOutput, req_ids: list[str]) -> bool:
+        """Whether this step's inputs may wait on the device for the previous step's
+        results (its tokens, its accepted counts, drafts made from them). Runners that
+        replay graphs override this for the steps they replay; elsewhere the previous step
+        is waited for first."""
+        return False
+
+    def _make_drafts(self, so: SchedulerOutput, req_ids: list[str]) -> None:
+        """Make the step's scheduled draft placeholders before its forward. A proposer that
+        drafts on the device (``propose_pending``) reads the previous step's tokens there when
+        the step's inputs can wait on the device too; otherwise the previous step is waited
+        for and the host proposes (a method that finds fewer drafts than were scheduled
+        repeats the last token, which the verification then rejects or accepts as usual)."""
+        drafts = so.scheduled_spec_decode_tokens
+        self._device_drafts = None
+        previous = self._previous
+        # A proposer that observes the target reads the step's positions on the host.
+        on_device = not self.proposer.observes_target and self.inputs_on_device(so, req_ids)
+        if (previous is not None and not previous.resolved and not on_device
+                and (drafts or previous.verify is not None)):
+            self._wait_for(previous)  # its accepted counts move this step's positions
+        if not drafts:
+            return
+        batch = self.batch
+        order = [i for i, rid in enumerate(req_ids) if rid in drafts]
+        ids = [req_ids[i] for i in order]
+        rows = np.fromiter((batch.row_of[r] for r in ids), dtype=np.int64, count=len(ids))
+        max_drafts = np.fromiter((len(drafts[r]) for r in ids), dtype=np.int64,
+                                 count=len(ids))
+        made = None
+        if on_device:
+            made = self.proposer.propose_pending(self._pending_proposals(ids, rows,
+                                                                         max_drafts))
+        if made is None:
+            if self._previous is not None and not self._previous.resolved:
+                self._wait_for(self._previous)
+            proposed = self._propose_rows(ids, rows, max_drafts)
+            last = batch.token_ids[rows, batch.num_tokens[rows] - 1]
+            self._write_drafts({
+                rid: np.concatenate([tokens[:m], np.full(m - min(m, len(tokens)), tok)]).tolist()
+                for rid, tokens, m, tok in zip(ids, proposed, max_drafts.tolist(),
+                                               last.tolist())})
+            return
+        self.num_device_proposals += 1
+        self._device_drafts = made
+        self._draft_index = np.full(len(req_ids), -1, dtype=np.int64)
+        self._draft_index[order] = np.arange(len(order))
+        self._write_drafts(drafts)
+
+    def _wait_for(self, previous: "PendingOutput") -> None:
+        self.num_host_waits += 1
+        previous.result()
+
+    def _pending_proposals(self, req_ids: list[str], rows: np.ndarray,
+                           max_drafts: np.ndarray) -> PendingProposalBatch:
+        """What a proposer drafts from before the previous step's tokens reach the host."""
+        batch = self.batch
+        n = len(rows)
+        num_pending = np.zeros(n, dtype=np.int64)
+        previous = self._previous
+        tokens = counts = None
+        if previous is not None and not previous.resolved:
+            src = previous.source_index(rows, missing=-1)
+            has = src >= 0
+            if has.any():
+                num_pending[has] = previous.reserved[src[has]]
+                index = self.upload(np.maximum(src, 0))
+                mask = self.upload(has)
+                tokens = previous.emitted[index]
+                counts = torch.where(mask, previous.num_emitted[index], 0)
+        if tokens is None:
+            tokens = torch.zeros(n, 1, dtype=torch.long, device=self.device)
+            counts = torch.zeros(n, dtype=torch.long, device=self.device)
+        return PendingProposalBatch(
+            req_ids=req_ids, rows=rows, token_ids=batch.token_ids,
+            num_known=batch.num_tokens[rows] - num_pending, num_pending=num_pending,
+            pending_tokens=tokens, num_pending_emitted=counts, max_drafts=max_drafts,
+            block_table=batch.block_table)
+
+    def _fill_device_inputs(self, step: StepBatch, ids: torch.Tensor,
+                            pos: Optional[torch.Tensor] = None,
+                            slots: Optional[torch.Tensor] = None,
+                            seq_lens: Optional[torch.Tensor] = None,
+                            block_tables: Optional[torch.Tensor] = None,
+                            cols: Optional[np.ndarray] = None) -> None:
+        """Complete the step's inputs on the device: the previous step's last tokens where
+        the host has placeholders, the drafts made on the device, and, for requests whose
+        previous verification is unresolved, positions, slots and lengths moved back by its
+        rejected drafts. Tensors are laid out as the step's tokens (``cols[t]``: the column
+        of flat token ``t``; none: in order) and requests (row ``i`` of ``seq_lens`` and
+        ``block_tables``)."""
+        if not step.has_device_inputs:
+            return
+        at = (lambda flat: self.upload(flat)) if cols is None else (
+            lambda flat: self.upload(cols[flat]))
+        previous = self._previous
+        if step.pending_flat is not None:
+            ids[at(step.pending_flat)] = previous.last_tokens[self.upload(step.pending_src)]
+        if step.draft_flat is not None:
+            ids[at(step.draft_flat)] = self._device_drafts.reshape(-1)[
+                self.upload(step.draft_src)]
+        if step.shift_seq is not None:
+            rejected = previous.rejected[self.upload(step.shift_src)]
+            of_seq = np.full(step.num_seqs, -1, dtype=np.int64)
+            of_seq[step.shift_seq] = np.arange(len(step.shift_seq))
+            seq_of_token = np.repeat(np.arange(step.num_seqs), step.num_sched)
+            flat = np.nonzero(of_seq[seq_of_token] >= 0)[0]
+            index = at(flat)
+            moved = pos[index] - rejected[self.upload(of_seq[seq_of_token[flat]])]
+            pos[index] = moved
+            bs = self.block_size
+            table_rows = self.upload(seq_of_token[flat])
+            slots[index] = block_tables[table_rows, moved // bs] * bs + moved % bs
+            seq_lens[self.upload(step.shift_seq)] -= rejected
+
+    def _draft_ids(self, first: np.ndarray, num_drafts: np.ndarray) -> torch.Tensor:
+        """[n, max drafts] each verifying request's drafts (0 past its own), read from the
+        step's input ids on the device: they follow its first token, flat position
+        ``first[j]``."""
+        width = int(num_drafts.max())
+        cols = np.arange(width)[None, :]
+        index = np.where(cols < num_drafts[:, None], first[:, None] + 1 + cols, 0)
+        ids = self.step_input_ids[self.upload(index)]
+        return torch.where(self.upload(cols < num_drafts[:, None]), ids, 0)
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """A host array on the device without blocking the host: staged through pinned
@@ -543,13 +726,6 @@ class ModelRunner(ModelRunnerBase):
     def _resolve_previous(self) -> None:
         if self._previous is not None:
             self._previous.result()
-
-    def _fill_pending_inputs(self, input_ids: torch.Tensor, step: StepBatch) -> None:
-        """Write the previous step's sampled tokens, still on the device, into this step's
-        input ids where the host has only a placeholder."""
-        if step.pending_flat is not None:
-            input_ids[self.upload(step.pending_flat)] = \
-                self._previous.sampled[self.upload(step.pending_src)]
 
     @staticmethod
     def _split_logprobs(lp: LogprobsLists, sample_idx, num_logprobs: list[Optional[int]],
@@ -589,6 +765,8 @@ class Verification:
     num_drafts: np.ndarray
     offsets: np.ndarray
     generators: list[Optional[torch.Generator]]
+    #: [num_reqs, max drafts] the drafts on the device (0 past each request's own).
+    draft_ids: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -626,6 +804,44 @@ class PendingOutput:
         self._logprobs = None
         self._result: Optional[ModelRunnerOutput] = None
         self._row_index: Optional[dict[int, int]] = None
+        self._rolled: Optional[np.ndarray] = None
+        self._device: dict[str, torch.Tensor] = {}
+
+    @property
+    def resolved(self) -> bool:
+        return self._result is not None
+
+    @property
+    def reserved(self) -> np.ndarray:
+        """Per sampling request, the placeholders its tokens took: drafts + 1, or 1."""
+        if self.verify is None:
+            return np.ones(len(self.sample_rows), dtype=np.int64)
+        return self.verify.num_drafts + 1
+
+    def _on_device(self, name: str) -> torch.Tensor:
+        """The step's results on the device, derived once (queued after the sampling):
+        ``emitted`` [n, w] tokens per sampling request (``PAD`` after its own),
+        ``num_emitted``, ``last_tokens`` and ``rejected`` (drafts not accepted)."""
+        cache = self._device
+        if not cache:
+            sampled = self.sampled
+            if self.verify is None:
+                cache["emitted"] = sampled[:, None]
+                cache["num_emitted"] = torch.ones_like(sampled)
+                cache["last_tokens"] = sampled
+                cache["rejected"] = torch.zeros_like(sampled)
+            else:
+                count = (sampled != PAD).sum(dim=1)
+                cache["emitted"] = sampled
+                cache["num_emitted"] = count
+                cache["last_tokens"] = sampled.gather(1, (count - 1)[:, None])[:, 0]
+                cache["rejected"] = torch.from_numpy(self.reserved).to(count.device) - count
+        return cache[name]
+
+    emitted = property(lambda self: self._on_device("emitted"))
+    num_emitted = property(lambda self: self._on_device("num_emitted"))
+    last_tokens = property(lambda self: self._on_device("last_tokens"))
+    rejected = property(lambda self: self._on_device("rejected"))
 
     def launch_copy(self, out, positions: np.ndarray,
                     num_logprobs: Optional[list[Optional[int]]]) -> None:
@@ -634,6 +850,7 @@ class PendingOutput:
         before ``result()``)."""
         self.sampled = out.sampled_token_ids
         self._positions = positions
+        self._rolled = self.runner.batch.num_rolled_back[self.sample_rows].copy()
         self._logprobs = out.logprobs
         self._num_logprobs = num_logprobs
         platform = self.runner.platform
@@ -645,11 +862,15 @@ class PendingOutput:
             self._host = self.sampled.to("cpu")
         self._event = platform.record_event()
 
-    def source_index(self, rows: np.ndarray) -> np.ndarray:
-        """Where each of ``rows`` sits in this step's sampled tokens."""
+    def source_index(self, rows: np.ndarray, missing: Optional[int] = None) -> np.ndarray:
+        """Where each of ``rows`` sits in this step's sampled tokens (``missing`` for rows
+        that did not sample; None: every row must have)."""
         if self._row_index is None:
             self._row_index = {int(r): j for j, r in enumerate(self.sample_rows)}
-        return np.fromiter((self._row_index[int(r)] for r in rows), dtype=np.int64,
+        index = self._row_index
+        if missing is None:
+            return np.fromiter((index[int(r)] for r in rows), dtype=np.int64, count=len(rows))
+        return np.fromiter((index.get(int(r), missing) for r in rows), dtype=np.int64,
                            count=len(rows))
 
     def result(self) -> ModelRunnerOutput:
@@ -671,6 +892,9 @@ class PendingOutput:
             owned = np.fromiter((batch.row_of.get(req_ids[i]) == r for i, r in
                                  zip(self.sample_idx.tolist(), self.sample_rows.tolist())),
                                 dtype=bool, count=len(self.sample_idx))
+            # Verifications resolved since the launch moved this step's placeholders down.
+            self._positions = self._positions - (batch.num_rolled_back[self.sample_rows]
+                                                 - self._rolled)
             if self.verify is not None:
                 self._accept_verified(tokens, owned, sampled_lists, logprob_rows)
             else:
@@ -681,7 +905,7 @@ class PendingOutput:
                 if self._logprobs is not None:
                     runner._split_logprobs(self._logprobs.tolists(), self.sample_idx,
                                            self._num_logprobs, logprob_rows)
-            if runner.proposer is not None:
+            if runner.proposer is not None and not runner.drafts_ahead:
                 spec_token_ids = runner.propose(req_ids, self.sample_idx[owned],
                                                 self.sample_rows[owned], self.grammar_req_ids)
         return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, self.prompt_logprobs,
@@ -702,10 +926,7 @@ class PendingOutput:
             emitted = tokens[j, :n]
             sampled_lists[i] = emitted.tolist()
             if owned[j]:
-                end = min(pos + n, batch.max_model_len)
-                batch.token_ids[row, pos:end] = emitted[:end - pos]
-                batch.num_tokens[row] = pos + n
-                batch.num_computed[row] -= d - (n - 1)
+                batch.accept(row, pos, emitted, d + 1)
             k = self._num_logprobs[j] if lp is not None else None
             if k is not None:
                 first = int(verify.offsets[j])

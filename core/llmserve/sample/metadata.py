@@ -15,7 +15,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmserve.sampling_params import SAMPLING_EPS, SamplingParams, check_token_ids
+from llmserve.sampling_params import (  # noqa: F401  (the feature bits live with the params)
+    FEATURE_ALLOWED_IDS,
+    FEATURE_LOGIT_BIAS,
+    FEATURE_LOGPROBS,
+    FEATURE_MIN_TOKENS,
+    FEATURE_PENALTIES,
+    FEATURE_PROCESSORS,
+    OUTPUT_READING_FEATURES,
+    SAMPLING_EPS,
+    SamplingParams,
+    check_token_ids,
+    features_of,
+)
 
 
 @dataclass
@@ -45,25 +57,6 @@ class SamplingArrays:
             min_p=np.fromiter((p.min_p for p in params), np.float64, n),
             features=np.fromiter((features_of(p) for p in params), np.int64, n),
         )
-
-
-FEATURE_LOGPROBS = 1
-FEATURE_PENALTIES = 2
-FEATURE_LOGIT_BIAS = 4
-FEATURE_ALLOWED_IDS = 8
-FEATURE_MIN_TOKENS = 16
-FEATURE_PROCESSORS = 32
-
-
-def features_of(p: SamplingParams) -> int:
-    """The optional sampling features a request uses, as a bit set."""
-    return ((FEATURE_LOGPROBS if p.logprobs is not None else 0)
-            | (FEATURE_PENALTIES if p.presence_penalty or p.frequency_penalty
-               or p.repetition_penalty != 1.0 else 0)
-            | (FEATURE_LOGIT_BIAS if p.logit_bias else 0)
-            | (FEATURE_ALLOWED_IDS if p.allowed_token_ids is not None else 0)
-            | (FEATURE_MIN_TOKENS if p.min_tokens else 0)
-            | (FEATURE_PROCESSORS if p.logits_processors else 0))
 
 
 @dataclass(eq=False)

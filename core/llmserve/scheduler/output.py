@@ -13,6 +13,10 @@ from typing import Any, Optional
 
 from llmserve.sampling_params import SamplingParams
 
+#: A scheduled draft token whose value the runner's proposer makes on the device
+#: (asynchronous scheduling with speculation).
+DRAFT_PLACEHOLDER = -2
+
 
 @dataclass
 class NewRequestData:
@@ -64,6 +68,7 @@ class SchedulerOutput:
     #: req_id -> draft tokens scheduled after the request's last token (speculative
     #: decoding): they are among its ``num_scheduled_tokens``, the target scores them in
     #: this step's forward, and the runner returns the accepted ones plus one more token.
+    #: With asynchronous scheduling they are ``DRAFT_PLACEHOLDER``s.
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property

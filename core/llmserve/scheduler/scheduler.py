@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Optional
 
 from llmserve.config import SchedulerConfig
 from llmserve.request import EngineCoreOutput, Request, RequestStatus
+from llmserve.sampling_params import OUTPUT_READING_FEATURES, features_of
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.scheduler.output import (
+    DRAFT_PLACEHOLDER,
     CachedRequestData,
     LogprobsLists,
     ModelRunnerOutput,
@@ -64,11 +66,20 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         num_speculative_tokens: int = 0,
         num_lookahead_tokens: int = 0,
+        speculate_below: Optional[int] = None,
     ) -> None:
         """``clock`` stamps step times, first scheduling and first tokens; simulations pass
         their own so that time-based policies run deterministically. With speculative
         decoding, ``num_speculative_tokens`` is k and ``num_lookahead_tokens`` the slots a
-        draft model writes past the verified tokens (k, or 0 for a proposer without KV)."""
+        draft model writes past the verified tokens (k, or 0 for a proposer without KV);
+        ``speculate_below`` (``disable_by_batch_size``) turns drafting off while that many
+        requests run.
+
+        With asynchronous scheduling and speculation the scheduler decides the drafts itself,
+        before the tokens they follow are known: each decoding request that may draft gets
+        up to k draft placeholders (``DRAFT_PLACEHOLDER``), which the runner's proposer fills
+        on the device, and its computed and output counts are optimistic (every draft
+        accepted) until the step's outputs arrive and roll the rejected ones back."""
         self.config = scheduler_config
         self.clock = clock
         #: Compiles the grammars of constrained requests; None when the engine has no
@@ -101,6 +112,10 @@ class Scheduler:
         self._policy_metrics: list = []
         self._policy_metrics_at = float("-inf")
         self.num_lookahead_tokens = num_lookahead_tokens
+        self.num_speculative_tokens = num_speculative_tokens
+        self.speculate_below = speculate_below or float("inf")
+        #: Drafts are placeholders chosen here (asynchronous scheduling with speculation).
+        self.drafts_ahead = self.async_scheduling and num_speculative_tokens > 0
         self.spec_stats = (SpecDecodingStats(num_speculative_tokens)
                            if num_speculative_tokens else None)
 
@@ -216,7 +231,10 @@ class Scheduler:
             placeholders = request.num_output_placeholders
             num_new = request.num_tokens + placeholders - request.num_computed_tokens
             drafts = request.spec_token_ids
-            if drafts:
+            if self.drafts_ahead:
+                drafts = self._draft_placeholders(request, num_new, budget)
+                num_new += len(drafts)
+            elif drafts:
                 # Drafts follow the last token; keep those that fit the budget and could
                 # still be emitted before max_tokens.
                 request.spec_token_ids = []
@@ -260,9 +278,9 @@ class Scheduler:
                 spec_tokens[request.request_id] = drafts
             request.num_computed_tokens += num_new
             if request.num_computed_tokens >= request.num_tokens + placeholders:
-                # This step samples a token.
+                # This step samples a token (and, optimistically, every draft).
                 if self.async_scheduling:
-                    request.num_output_placeholders += 1
+                    request.num_output_placeholders += 1 + len(drafts)
                 if request.grammar is not None:
                     grammar_req_ids.append(request.request_id)
             budget -= num_new
@@ -291,6 +309,19 @@ class Scheduler:
             state_saves=saves,
             scheduled_spec_decode_tokens=spec_tokens,
         )
+
+    def _draft_placeholders(self, request: Request, num_new: int, budget: int) -> list[int]:
+        """The draft placeholders of a decoding request (asynchronous scheduling): as many
+        as fit the budget, max_tokens and max_model_len counting every token in flight."""
+        if (num_new != 1 or len(self.running) >= self.speculate_below
+                or request.grammar is not None
+                or features_of(request.sampling_params) & OUTPUT_READING_FEATURES):
+            return []
+        known = request.num_tokens + request.num_output_placeholders
+        room = min(budget - 1, self.num_speculative_tokens, self.max_model_len - known,
+                   request.max_tokens - request.num_output_tokens
+                   - request.num_output_placeholders - 1)
+        return [DRAFT_PLACEHOLDER] * max(0, room)
 
     def _lookahead(self, end: int) -> int:
         """Slots to allocate past ``end`` for a draft model's own steps (none past
@@ -384,16 +415,15 @@ class Scheduler:
             lp = logprobs[idx] if logprobs else None
             if request.first_token_time is None:
                 request.first_token_time = now
+            drafts = scheduled_drafts.get(req_id) if scheduled_drafts else None
             if request.num_output_placeholders:
-                request.num_output_placeholders -= len(new_ids)
-            if scheduled_drafts:
-                drafts = scheduled_drafts.get(req_id)
-                if drafts:
-                    # The rejected drafts' K/V is stale: roll the computed tokens back to
-                    # the accepted ones (the next step overwrites the rest).
-                    num_accepted = len(new_ids) - 1
-                    request.num_computed_tokens -= len(drafts) - num_accepted
-                    self.spec_stats.observe(len(drafts), num_accepted)
+                request.num_output_placeholders -= 1 + len(drafts or ())
+            if drafts:
+                # The rejected drafts' K/V is stale: roll the computed tokens back to the
+                # accepted ones (the next step overwrites the rest).
+                num_accepted = len(new_ids) - 1
+                request.num_computed_tokens -= len(drafts) - num_accepted
+                self.spec_stats.observe(len(drafts), num_accepted)
             num_kept = self._append_and_check_stop(request, new_ids)
             if num_kept < len(new_ids):
                 new_ids = new_ids[:num_kept]

@@ -28,8 +28,8 @@ import torch
 from llmserve.attention.backend import AttentionMetadata, ForwardContext
 from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.loader import read_hf_config
-from llmserve.spec_decode.proposer import (GraphCapture, ProposalBatch, Proposer,
-                                           ProposerContext)
+from llmserve.spec_decode.proposer import (GraphCapture, PendingProposalBatch, ProposalBatch,
+                                           Proposer, ProposerContext)
 
 
 def default_draft_model(target_model: str) -> str:
@@ -153,6 +153,27 @@ class DraftModelProposer(Proposer):
             host = torch.cat([t for _, t in steps]).cpu().numpy()
         return place_drafts(drafts, active, [idx for idx, _ in steps], host, max_drafts)
 
+    def propose_pending(self, batch: PendingProposalBatch) -> Optional[torch.Tensor]:
+        """The recorded proposal with the step in flight's tokens read on the device: they
+        take the catch-up's last columns, inert past the count that step emits. Without
+        recordings (or past their sizes) the runner waits and calls ``propose``."""
+        recorded = self.recorded
+        rows = batch.rows
+        if recorded is None or len(rows) > recorded.sizes[-1]:
+            return None
+        known, pending = batch.num_known, batch.num_pending
+        # Without tokens in flight the last known one is not in the draft's cache yet.
+        start = np.minimum(self.num_draft_computed[rows], known - (pending == 0))
+        long = np.nonzero(known - start + pending > recorded.q)[0]
+        if len(long):
+            cut = known[long] - (recorded.q - pending[long])
+            self._catch_up(batch, rows[long], start[long], cut)
+            start[long] = cut
+        drafts = recorded.replay_pending(batch, start)
+        # An upper bound: the next proposal starts at its known tokens, which are final.
+        self.num_draft_computed[rows] = known + pending
+        return drafts
+
     def _tokens(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
                 lens: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The ids (on the device) and positions of ``lens[i]`` tokens of row ``rows[i]``
@@ -241,10 +262,46 @@ class RecordedDrafting:
     def replay(self, batch: ProposalBatch, rows: np.ndarray, start: np.ndarray,
                num_tokens: np.ndarray, max_drafts: np.ndarray) -> np.ndarray:
         """[len(rows), k] drafts: stage the inputs (one upload), replay, one host copy."""
+        ctx, n = self.proposer.context, len(rows)
+        with ctx.inference_mode():
+            size = self._stage(batch, rows, start, num_tokens - start, num_tokens, max_drafts)
+            return self.replays[size]()[:n].cpu().numpy()
+
+    def replay_pending(self, batch: PendingProposalBatch, start: np.ndarray) -> torch.Tensor:
+        """[n, k] drafts on the device: the known tokens from ``start``, then the tokens in
+        flight, whose ids, count and slots are completed on the device before the replay."""
+        ctx, q, rows = self.proposer.context, self.q, batch.rows
+        n = len(rows)
+        host = batch.num_known - start
+        pending = batch.num_pending
+        with ctx.inference_mode():
+            size = self._stage(batch, rows, start, host, batch.num_known, batch.max_drafts,
+                               pending)
+            seq = np.repeat(np.arange(n), pending)
+            if len(seq):
+                offset = np.arange(len(seq)) - np.repeat(np.cumsum(pending) - pending, pending)
+                cols = ctx.upload(seq * q + host[seq] + offset)
+                seq_t, offset_t = ctx.upload(seq), ctx.upload(offset)
+                inp = self.inputs
+                emitted = offset_t < batch.num_pending_emitted[seq_t]
+                inp[self.IDS, cols] = torch.where(emitted, batch.pending_tokens[seq_t, offset_t],
+                                                  0)
+                inp[self.SLOT, cols] = torch.where(emitted, inp[self.SLOT, cols],
+                                                   self.scratch_slot)
+                inp[self.LAST, :n] += batch.num_pending_emitted
+                inp[self.BASE, :n] += batch.num_pending_emitted
+            return self.replays[size]()[:n]
+
+    def _stage(self, batch, rows: np.ndarray, start: np.ndarray, host: np.ndarray,
+               num_known: np.ndarray, max_drafts: np.ndarray,
+               pending: Optional[np.ndarray] = None) -> int:
+        """Upload the static inputs of ``host[i]`` known tokens of each row from ``start[i]``
+        (ids and slots), followed by ``pending[i]`` columns whose ids the device fills;
+        returns the size replayed."""
         ctx, q, n = self.proposer.context, self.q, len(rows)
         size = next(s for s in self.sizes if s >= n)
         bs = ctx.block_size
-        lens = num_tokens - start
+        lens = host if pending is None else host + pending
         staged = np.zeros((7, size * q), dtype=np.int64)
         staged[self.SLOT] = self.scratch_slot
         staged[self.SEQ_LEN, :size] = q
@@ -254,20 +311,20 @@ class RecordedDrafting:
         cols = seq_of_token * q + offset
         positions = start[seq_of_token] + offset
         token_rows = rows[seq_of_token]
-        staged[self.IDS, cols] = batch.token_ids[token_rows, positions]
+        known = offset < host[seq_of_token]
+        staged[self.IDS, cols[known]] = batch.token_ids[token_rows[known], positions[known]]
         staged[self.POS, cols] = positions
         staged[self.SLOT, cols] = (batch.block_table[token_rows, positions // bs] * bs
                                    + positions % bs)
         staged[self.SEQ_LEN, :n] = start + q
-        staged[self.LAST, :n] = np.arange(n) * q + lens - 1
+        staged[self.LAST, :n] = np.arange(n) * q + host - 1
         staged[self.LAST, n:size] = np.arange(n, size) * q
-        staged[self.BASE, :n] = num_tokens - 1
+        staged[self.BASE, :n] = num_known - 1
         staged[self.MAX_DRAFTS, :n] = max_drafts
-        nb = min(int(-(-(int(num_tokens.max()) + q) // bs)), batch.block_table.shape[1])
+        end = num_known + (0 if pending is None else pending)
+        nb = min(int(-(-(int(end.max()) + q) // bs)), batch.block_table.shape[1])
         table = np.full((size, nb), self.scratch_slot // bs, dtype=np.int64)
         table[:n] = batch.block_table[rows, :nb]
-        with ctx.inference_mode():
-            self.inputs[:, :size * q].copy_(ctx.upload(staged))
-            self.block_tables[:size, :nb].copy_(ctx.upload(table))
-            out = self.replays[size]()
-            return out[:n].cpu().numpy()
+        self.inputs[:, :size * q].copy_(ctx.upload(staged))
+        self.block_tables[:size, :nb].copy_(ctx.upload(table))
+        return size

@@ -144,13 +144,42 @@ class ProposalBatch:
     block_table: np.ndarray
 
 
+@dataclass
+class PendingProposalBatch:
+    """Requests to draft for before the previous step's tokens reach the host (asynchronous
+    scheduling): their newest tokens, and how many there are, exist only on the device.
+
+    A request's tokens are its ``num_known`` final ids in ``token_ids``, then the first
+    ``num_pending_emitted[i]`` of ``pending_tokens[i]`` (what the step still in flight
+    emits: one sampled token, or a verification's accepted drafts and one more; at most
+    ``num_pending[i]``, 0 where the request was not in that step).
+    """
+
+    req_ids: list[str]
+    rows: np.ndarray
+    #: [max_num_seqs, max_model_len] the runner's token table (read it, do not write it).
+    token_ids: np.ndarray
+    num_known: np.ndarray
+    #: The most tokens the step in flight adds per request (host; 0: none).
+    num_pending: np.ndarray
+    #: [n, >= max(num_pending)] and [n], on the device.
+    pending_tokens: torch.Tensor
+    num_pending_emitted: torch.Tensor
+    #: Exactly the drafts scheduled per request (1..k): the step's inputs read that many.
+    max_drafts: np.ndarray
+    #: [max_num_seqs, max_blocks] block ids, covering every pending token and k lookahead
+    #: slots past them.
+    block_table: np.ndarray
+
+
 class Proposer(ABC):
     """A speculative-decoding method. Built once per engine with a ``ProposerContext``.
 
     Order of calls: ``__init__``, ``load``, ``cache_specs``, ``bind_kv_cache`` (its layers'
     caches, planned with the target's), ``warm_up``, then per step ``add_request`` for each
     request the runner (re)builds, ``observe`` after the target's forward (``observes_target`` only)
-    and ``propose`` for the decoding requests.
+    and ``propose`` for the decoding requests (``propose_pending`` in its place, under
+    asynchronous scheduling, where the proposer drafts on the device).
     """
 
     #: Whether drafting writes the KV of positions past the verified tokens (a draft model
@@ -191,6 +220,14 @@ class Proposer(ABC):
 
     def observe(self, step: TargetStep) -> None:
         """The target's forward of a step, before its sampling (``observes_target`` only)."""
+
+    def propose_pending(self, batch: PendingProposalBatch) -> Optional[torch.Tensor]:
+        """Drafts made on the device without waiting for the step in flight (asynchronous
+        scheduling): ``[n, >= max(max_drafts)]`` int64 on the device, of which request ``i``
+        uses its first ``max_drafts[i]``; the tensor must hold them until the next call.
+        None (the default) means "wait for the tokens and call ``propose``": correct, with
+        the host waiting once per step."""
+        return None
 
     @abstractmethod
     def propose(self, batch: ProposalBatch) -> list[np.ndarray]:
