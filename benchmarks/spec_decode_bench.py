@@ -190,6 +190,9 @@ def main() -> int:
                     help="methods to run beside none")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed batch-1 passes per prompt set; the fastest is reported")
+    ap.add_argument("--scheduling", default="sync,async",
+                    help="scheduling modes each speculative method runs in (none runs in the "
+                         "platform's default)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -226,15 +229,22 @@ def main() -> int:
     else:
         log(args.out, "no shipped EAGLE head: eagle skipped")
     wanted = set(args.methods.split(","))
-    methods = {name: spec for name, spec in methods.items()
-               if spec is None or spec["method"] in wanted}
+    modes = args.scheduling.split(",")
+    # name -> (speculative config, async_scheduling: None for the platform's default)
+    runs = {"none": (None, None)}
+    for name, spec in methods.items():
+        if spec is not None and spec["method"] in wanted:
+            for mode in modes:
+                runs[name + (" async" if mode == "async" else "")] = (spec, mode == "async")
+    methods = {name: spec for name, (spec, _) in runs.items()}
     batches = [int(b) for b in args.batches.split(",")]
     report: dict = {"card": card, "new_tokens": args.tokens, "methods": {}}
     reference: dict[str, list] = {}
     top2: dict[str, list] = {}
-    for name, spec in methods.items():
+    for name, (spec, async_scheduling) in runs.items():
         llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
-                  speculative_config=spec, gpu_memory_utilization=0.1)
+                  speculative_config=spec, gpu_memory_utilization=0.1,
+                  async_scheduling=async_scheduling)
         for prompts in sets.values():  # warm-up: every prompt once, a few tokens
             run_batch1(llm, prompts, 8, device)
         entry: dict = {"batch1": {}, "throughput": {}}
@@ -267,7 +277,15 @@ def main() -> int:
                 b: run_throughput(llm, prompts, b, args.tokens, device) for b in batches}
             log(args.out, f"  {name:12s} {set_name:14s} throughput: " + ", ".join(
                 f"{b}: {v:.0f}" for b, v in entry["throughput"][set_name].items()))
+        core = llm.llm_engine.core
+        entry["async_scheduling"] = core.async_scheduling
+        entry["host_waits"] = getattr(core.runner, "num_host_waits", 0)
+        entry["device_proposals"] = getattr(core.runner, "num_device_proposals", 0)
+        del core  # the engine's memory goes with the last reference
         report["methods"][name] = entry
+        log(args.out, f"  {name}: async scheduling {entry['async_scheduling']}, steps that "
+                      f"waited for the host {entry['host_waits']}, proposals on the device "
+                      f"{entry['device_proposals']}")
         del llm
         free(device)
     base = report["methods"]["none"]
@@ -288,7 +306,8 @@ def main() -> int:
     elif crossover is not None:
         spec = dict(methods[best], disable_by_batch_size=crossover)
         llm = LLM(device=device, max_model_len=512, max_num_seqs=max(batches),
-                  speculative_config=spec, gpu_memory_utilization=0.1)
+                  speculative_config=spec, gpu_memory_utilization=0.1,
+                  async_scheduling=runs[best][1])
         run_batch1(llm, sets["corpus"][:1], 16, device)
         report["disable_by_batch_size"] = {
             "method": best, "disable_by_batch_size": crossover,

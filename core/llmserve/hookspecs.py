@@ -255,7 +255,9 @@ def llmserve_speculative_proposers() -> dict[str, type[Proposer]]:
     target's hidden states).
 
     Added in plugin API 1.4; 1.5 lets a proposer read the target's hidden states
-    (``observes_target``, ``observe``, ``target_layers``).
+    (``observes_target``, ``observe``, ``target_layers``); 1.6 lets it draft on the device
+    before the previous step's tokens reach the host (``propose_pending``, asynchronous
+    scheduling).
     """
 
 

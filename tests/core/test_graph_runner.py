@@ -3,13 +3,11 @@ Capture and replay themselves need a GPU (benchmarks/gpu)."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from llmserve.attention.backend import AttentionMetadata
 from llmserve.attention.torch_ref import TorchPagedAttention
 from llmserve.config import EngineArgs
 from llmserve.engine.resolver import resolve_engine
@@ -18,6 +16,7 @@ from llmserve.platforms.cpu import CpuPlatform
 from llmserve.platforms.gpu import GpuPlatform
 from llmserve.plugin_testing import fresh_plugin_manager
 from llmserve.runner.base import RunnerConfig
+from llmserve.plugin_testing.eager_replay import EagerReplayPlatform, EagerReplayRunner
 from llmserve.runner.graph_runner import (GraphModelRunner, capture_sizes, pad_inert,
                                           padded_size, stage_decode_inputs)
 from llmserve.runner.model_runner import StepBatch
@@ -130,73 +129,6 @@ def test_graph_runner_keeps_one_scratch_state_row_beyond_slots_and_snapshots(tin
 # ---- the replay paths on the CPU -------------------------------------------------------------
 
 
-class LiveMetadata(AttentionMetadata):
-    """Static metadata whose backend state is planned again at every read.
-
-    The torch reference backend plans its masks from the metadata's values, where a graph's
-    backend (Triton) reads them from memory in every kernel; a recorded function may change
-    them between two forwards (the draft model's decode steps do)."""
-
-    def __getattribute__(self, name):
-        if name == "backend_state":
-            object.__getattribute__(self, "backend").prepare(self)
-        return object.__getattribute__(self, name)
-
-
-class EagerReplayRunner(GraphModelRunner):
-    """A graph runner whose "recordings" re-run the recorded function: every replay path
-    (padding, inert columns, layouts, the proposer's recorded drafting) runs here, on the
-    CPU, exactly as the device would run it, only without a graph."""
-
-    replays: dict = {}
-
-    def graph_attention_metadata(self, *args, **kwargs):
-        md = super().graph_attention_metadata(*args, **kwargs)
-        live = LiveMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
-        live.backend = self.attn_backend
-        return live
-
-    def record(self, fn):
-        key = len(EagerReplayRunner.replays)
-        EagerReplayRunner.replays[key] = 0
-
-        def replay():
-            EagerReplayRunner.replays[key] += 1
-            return fn()
-
-        fn()
-        return replay
-
-
-class EagerReplayPlatform(CpuPlatform, GpuPlatform):
-    """The CPU, where the graph runner runs with ``EagerReplayRunner``'s recordings."""
-
-    name = "eager-replay"
-    priority = -1
-    device_type = "cpu"
-    can_pin_memory = False
-
-    @classmethod
-    def device(cls) -> torch.device:
-        return torch.device("cpu")
-
-    @classmethod
-    def synchronize(cls) -> None:
-        pass
-
-    @classmethod
-    def record_event(cls):
-        return CpuPlatform.record_event()
-
-    @classmethod
-    def reset_peak_memory(cls) -> None:
-        pass
-
-    @classmethod
-    def model_runner_class(cls):
-        return EagerReplayRunner
-
-
 PROMPTS = [[7], [5, 9, 11, 300], list(range(20, 60)), [40, 41, 42, 43] * 15,
            [100 + i % 7 for i in range(30)]]
 
@@ -304,6 +236,12 @@ def test_asynchronous_speculation_on_the_device_keeps_greedy_tokens(tiny_models,
     EagerReplayRunner.replays = {}
     pm = fresh_plugin_manager()
     with registered_plugin(pm, plugin, "eager-replay"):
+        # Speculation is synchronous unless asynchronous scheduling is asked for, even where
+        # the platform schedules asynchronously by default.
+        default = resolve_engine(EngineArgs(**args, device="eager-replay",
+                                            speculative_config=spec), pm)
+        assert EagerReplayPlatform.default_async_scheduling
+        assert not default.config.scheduler.async_scheduling
         engine = LLMEngine(EngineArgs(**args, device="eager-replay", speculative_config=spec,
                                       async_scheduling=True), pm)
         engine.seen = []

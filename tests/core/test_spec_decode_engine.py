@@ -311,6 +311,24 @@ def test_proposer_conformance_kit(target_dir):
         check_proposer(Greedy, target_dir)
 
 
+def test_conformance_kit_checks_drafts_made_on_the_device(target_dir):
+    """The kit runs ``propose_pending`` through the replay paths: the draft model passes, and
+    a proposer whose device drafts are one column short is caught."""
+    from llmserve.plugin_testing.spec_decode import check_proposer
+    from llmserve.spec_decode.draft_model import DraftModelProposer
+
+    stats = check_proposer(DraftModelProposer, target_dir, model=target_dir)
+    assert stats["spec_decode_num_accepted_tokens"] == stats["spec_decode_num_draft_tokens"] > 0
+
+    class Short(DraftModelProposer):
+        def propose_pending(self, batch):
+            drafts = super().propose_pending(batch)
+            return None if drafts is None else drafts[:, :-1]
+
+    with pytest.raises(AssertionError, match="propose_pending returned"):
+        check_proposer(Short, target_dir, model=target_dir)
+
+
 def test_the_default_model_drafts_with_its_shipped_draft():
     """``{"method": "draft_model"}`` without a model: the draft next to the default model,
     trained on the same text. These prompts are passage openings (9 to 11 tokens of

@@ -521,13 +521,13 @@ class ModelRunner(ModelRunnerBase):
         rows = held.pending.sample_rows
         draft_ids = verify.draft_ids
         probs, greedy = self.sampler.verification_inputs(held.logits, md)
+        verify.num_drafts_t = num_drafts_t = self.upload(num_drafts)
         if probs is None:
-            verified = greedy_verify(greedy[index_t], draft_ids, self.upload(num_drafts))
+            verified = greedy_verify(greedy[index_t], draft_ids, num_drafts_t)
         else:
             temperature = self.batch.sampling["temperature"][rows]
             gens = {j: g for j, g in enumerate(verify.generators) if g is not None}
-            verified = rejection_sample(probs[index_t], draft_ids,
-                                        self.upload(num_drafts), None,
+            verified = rejection_sample(probs[index_t], draft_ids, num_drafts_t, None,
                                         self.upload(temperature < SAMPLING_EPS), gens,
                                         target_argmax=greedy[index_t])
         logprobs = None
@@ -656,10 +656,9 @@ class ModelRunner(ModelRunnerBase):
             has = src >= 0
             if has.any():
                 num_pending[has] = previous.reserved[src[has]]
-                index = self.upload(np.maximum(src, 0))
-                mask = self.upload(has)
+                index, mask = self.upload_all([np.maximum(src, 0), has])
                 tokens = previous.emitted[index]
-                counts = torch.where(mask, previous.num_emitted[index], 0)
+                counts = torch.where(mask > 0, previous.num_emitted[index], 0)
         if tokens is None:
             tokens = torch.zeros(n, 1, dtype=torch.long, device=self.device)
             counts = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -683,27 +682,43 @@ class ModelRunner(ModelRunnerBase):
         ``block_tables``)."""
         if not step.has_device_inputs:
             return
-        at = (lambda flat: self.upload(flat)) if cols is None else (
-            lambda flat: self.upload(cols[flat]))
-        previous = self._previous
+        place = (lambda flat: flat) if cols is None else (lambda flat: cols[flat])
+        host: list[np.ndarray] = []
         if step.pending_flat is not None:
-            ids[at(step.pending_flat)] = previous.last_tokens[self.upload(step.pending_src)]
+            host += [place(step.pending_flat), step.pending_src]
         if step.draft_flat is not None:
-            ids[at(step.draft_flat)] = self._device_drafts.reshape(-1)[
-                self.upload(step.draft_src)]
+            host += [place(step.draft_flat), step.draft_src]
         if step.shift_seq is not None:
-            rejected = previous.rejected[self.upload(step.shift_src)]
             of_seq = np.full(step.num_seqs, -1, dtype=np.int64)
             of_seq[step.shift_seq] = np.arange(len(step.shift_seq))
             seq_of_token = np.repeat(np.arange(step.num_seqs), step.num_sched)
             flat = np.nonzero(of_seq[seq_of_token] >= 0)[0]
-            index = at(flat)
-            moved = pos[index] - rejected[self.upload(of_seq[seq_of_token[flat]])]
-            pos[index] = moved
+            host += [step.shift_src, place(flat), of_seq[seq_of_token[flat]],
+                     seq_of_token[flat], step.shift_seq]
+        parts = iter(self.upload_all(host))  # one copy for every index of the step
+        previous = self._previous
+        if step.pending_flat is not None:
+            at, src = next(parts), next(parts)
+            ids[at] = previous.last_tokens[src]
+        if step.draft_flat is not None:
+            at, src = next(parts), next(parts)
+            ids[at] = self._device_drafts.reshape(-1)[src]
+        if step.shift_seq is not None:
+            src, at, shift_of_token, table_rows, seqs = (next(parts) for _ in range(5))
+            rejected = previous.rejected[src]
+            moved = pos[at] - rejected[shift_of_token]
+            pos[at] = moved
             bs = self.block_size
-            table_rows = self.upload(seq_of_token[flat])
-            slots[index] = block_tables[table_rows, moved // bs] * bs + moved % bs
-            seq_lens[self.upload(step.shift_seq)] -= rejected
+            slots[at] = block_tables[table_rows, moved // bs] * bs + moved % bs
+            seq_lens[seqs] -= rejected
+
+    def upload_all(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Several int64 host arrays on the device in one copy (views of one tensor)."""
+        if not arrays:
+            return []
+        sizes = [len(a) for a in arrays]
+        return list(torch.split(self.upload(np.concatenate(arrays).astype(np.int64, copy=False)),
+                                sizes))
 
     def _draft_ids(self, first: np.ndarray, num_drafts: np.ndarray) -> torch.Tensor:
         """[n, max drafts] each verifying request's drafts (0 past its own), read from the
@@ -711,9 +726,9 @@ class ModelRunner(ModelRunnerBase):
         ``first[j]``."""
         width = int(num_drafts.max())
         cols = np.arange(width)[None, :]
-        index = np.where(cols < num_drafts[:, None], first[:, None] + 1 + cols, 0)
-        ids = self.step_input_ids[self.upload(index)]
-        return torch.where(self.upload(cols < num_drafts[:, None]), ids, 0)
+        own = cols < num_drafts[:, None]
+        index = self.upload(np.where(own, first[:, None] + 1 + cols, -1))
+        return torch.where(index >= 0, self.step_input_ids[index.clamp(min=0)], 0)
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """A host array on the device without blocking the host: staged through pinned
@@ -765,8 +780,10 @@ class Verification:
     num_drafts: np.ndarray
     offsets: np.ndarray
     generators: list[Optional[torch.Generator]]
-    #: [num_reqs, max drafts] the drafts on the device (0 past each request's own).
+    #: [num_reqs, max drafts] the drafts on the device (0 past each request's own), and
+    #: ``num_drafts`` there.
     draft_ids: Optional[torch.Tensor] = None
+    num_drafts_t: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -835,7 +852,7 @@ class PendingOutput:
                 cache["emitted"] = sampled
                 cache["num_emitted"] = count
                 cache["last_tokens"] = sampled.gather(1, (count - 1)[:, None])[:, 0]
-                cache["rejected"] = torch.from_numpy(self.reserved).to(count.device) - count
+                cache["rejected"] = self.verify.num_drafts_t + 1 - count
         return cache[name]
 
     emitted = property(lambda self: self._on_device("emitted"))

@@ -280,8 +280,8 @@ class RecordedDrafting:
             seq = np.repeat(np.arange(n), pending)
             if len(seq):
                 offset = np.arange(len(seq)) - np.repeat(np.cumsum(pending) - pending, pending)
-                cols = ctx.upload(seq * q + host[seq] + offset)
-                seq_t, offset_t = ctx.upload(seq), ctx.upload(offset)
+                cols, seq_t, offset_t = ctx.upload(
+                    np.stack([seq * q + host[seq] + offset, seq, offset]))
                 inp = self.inputs
                 emitted = offset_t < batch.num_pending_emitted[seq_t]
                 inp[self.IDS, cols] = torch.where(emitted, batch.pending_tokens[seq_t, offset_t],
