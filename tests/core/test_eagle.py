@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -360,3 +361,53 @@ def test_bad_configs(target_dir, heads, tmp_path):
     with pytest.raises(ValueError, match=r"aux layers \[2, 1, -1\].*eagle_config"):
         engine(target_dir, {"method": "eagle3", "model": str(default_layers),
                             "num_speculative_tokens": 2})
+
+
+@pytest.mark.parametrize("name", ["eagle", "eagle3"])
+def test_recorded_drafting_drafts_what_the_eager_head_drafts(target_dir, heads, name):
+    """Where the runner records graphs the head replays one recorded proposal per step (the
+    last k + 1 fed positions with their features, then k - 1 decode steps fed its own hidden
+    state): run through the replay paths on the CPU it drafts exactly what the eager head
+    drafts, step for step, so the output and every acceptance count are the same."""
+    from llmserve import hookimpl
+    from llmserve.config import EngineArgs
+    from llmserve.engine.llm_engine import LLMEngine
+    from llmserve.plugin_testing import fresh_plugin_manager, registered_plugin
+    from llmserve.plugin_testing.eager_replay import EagerReplayPlatform, EagerReplayRunner
+
+    class Platforms:
+        @hookimpl
+        def llmserve_platforms(self):
+            return [EagerReplayPlatform]
+
+    params = greedy(24)
+    results = []
+    pm = fresh_plugin_manager()
+    with registered_plugin(pm, Platforms(), "eager-replay"):
+        for device in ("cpu", "eager-replay"):
+            engine = LLMEngine(EngineArgs(model=str(target_dir), dtype="float32",
+                                          max_model_len=256, device=device,
+                                          speculative_config=spec_for(heads, name)), pm)
+            proposer = engine.core.runner.proposer
+            drafted, propose = [], proposer.propose
+
+            def recording(batch, propose=propose, drafted=drafted):
+                drafts = propose(batch)
+                drafted.append([np.asarray(d).tolist() for d in drafts])
+                return drafts
+
+            proposer.propose = recording
+            for i, p in enumerate(PROMPTS):
+                engine.add_request(f"r{i}", p, params)
+            tokens = {}
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    tokens[out.request_id] = list(out.outputs[0].token_ids)
+            results.append(([tokens[f"r{i}"] for i in range(len(PROMPTS))], drafted))
+            if device == "eager-replay":
+                assert isinstance(engine.core.runner, EagerReplayRunner)
+                assert engine.core.runner.proposer.recorded is not None
+    (eager_tokens, eager_drafts), (replayed_tokens, replayed_drafts) = results
+    assert replayed_tokens == eager_tokens
+    assert sum(len(d) for step in eager_drafts for d in step) > 50
+    assert replayed_drafts == eager_drafts

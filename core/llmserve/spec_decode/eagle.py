@@ -29,7 +29,9 @@ from llmserve.kv_cache.spec import CacheSpec
 from llmserve.models.eagle import EAGLE3_ARCHITECTURES, EAGLE_ARCHITECTURE, eagle3_aux_layers
 from llmserve.models.loader import read_hf_config
 from llmserve.spec_decode.draft_model import flat_batch_metadata, place_drafts
-from llmserve.spec_decode.proposer import ProposalBatch, Proposer, ProposerContext, TargetStep
+from llmserve.spec_decode.proposer import (GraphCapture, ProposalBatch, Proposer,
+                                           ProposerContext, TargetStep)
+from llmserve.spec_decode.recorded import RecordedDrafting
 
 #: Positions kept per request between proposals. A request that never drafts (penalties, a
 #: grammar) would otherwise keep one per step; past this its oldest are dropped, and the
@@ -70,6 +72,7 @@ class EagleProposer(Proposer):
         self.kept_rows = np.zeros(0, dtype=np.int64)
         self.kept_positions = np.zeros(0, dtype=np.int64)
         self.kept_features: torch.Tensor | None = None
+        self.recorded: RecordedDrafting | None = None
 
     def _check_config(self, head: dict, target: dict) -> None:
         archs = head.get("architectures") or []
@@ -96,6 +99,19 @@ class EagleProposer(Proposer):
 
     def bind_kv_cache(self, caches: list) -> None:
         self.kv_caches = caches
+
+    def warm_up(self, graphs: GraphCapture | None) -> None:
+        if graphs is not None and self.k > 1:
+            self.recorded = RecordedDrafting(self, graphs,
+                                             feature_size=int(self.head_config["hidden_size"]))
+
+    def draft_step(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                   fctx: ForwardContext, features: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(input_ids, positions, fctx, features)
+
+    def draft_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head.draft_tokens(hidden)
 
     def add_request(self, row: int, num_computed_tokens: int) -> None:
         with self.context.inference_mode():
@@ -162,6 +178,12 @@ class EagleProposer(Proposer):
         num_tokens = batch.num_tokens[active]
         max_drafts = batch.max_drafts[active]
         lens = count[rows]
+        recorded = self.recorded
+        if recorded is not None and len(rows) <= recorded.sizes[-1]:
+            table = self._replay(batch, rows, positions, lens, features, max_drafts)
+            for i, a in enumerate(active.tolist()):
+                drafts[a] = table[i, :max_drafts[i]]
+            return drafts
         with ctx.inference_mode():
             input_ids = ctx.upload(batch.token_ids[token_rows, positions + 1])
             logit_hidden, hidden = self._forward(batch, rows, input_ids, positions, lens,
@@ -182,6 +204,30 @@ class EagleProposer(Proposer):
                 steps.append((idx, self.head.draft_tokens(logit_hidden)))
             host = torch.cat([t for _, t in steps]).cpu().numpy()
         return place_drafts(drafts, active, [idx for idx, _ in steps], host, max_drafts)
+
+    def _replay(self, batch: ProposalBatch, rows: np.ndarray, positions: np.ndarray,
+                lens: np.ndarray, features: torch.Tensor, max_drafts: np.ndarray) -> np.ndarray:
+        """The recorded proposal over each row's last ``k + 1`` fed positions; the head's
+        cache before them (a new prompt's) is written eagerly first."""
+        ctx, q = self.context, self.recorded.q
+        first = np.cumsum(lens) - lens
+        start = positions[first]
+        cut = np.maximum(lens - q, 0)
+        if cut.any():
+            seq_of = np.repeat(np.arange(len(rows)), lens)
+            ahead = (np.arange(len(positions)) - first[seq_of]) < cut[seq_of]
+            longs = np.nonzero(cut)[0]
+            flat = np.nonzero(ahead)[0]
+            with ctx.inference_mode():
+                index = ctx.upload(flat)
+                self._forward(batch, rows[longs],
+                              ctx.upload(batch.token_ids[rows[seq_of[flat]],
+                                                         positions[flat] + 1]),
+                              positions[flat], cut[longs], start[longs] + cut[longs],
+                              features[index])
+                features = features[ctx.upload(np.nonzero(~ahead)[0])]
+        return self.recorded.replay(batch, rows, start + cut, lens - cut, max_drafts, features,
+                                    id_offset=1)
 
     def _forward(self, batch: ProposalBatch, rows: np.ndarray, input_ids: torch.Tensor,
                  positions: np.ndarray, query_lens: np.ndarray, seq_lens: np.ndarray,
