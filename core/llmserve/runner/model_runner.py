@@ -120,6 +120,9 @@ class ModelRunner(ModelRunnerBase):
         self._device_drafts: Optional[torch.Tensor] = None
         #: The step's input ids on the device (flat), where verification reads its drafts.
         self.step_input_ids: Optional[torch.Tensor] = None
+        #: req_id -> drafts a host proposer filled of those scheduled, when fewer.
+        self._scored_drafts: dict[str, int] = {}
+        self._draft_index: Optional[np.ndarray] = None
         #: Steps launched only after waiting for the previous one's tokens on the host, and
         #: steps that made their drafts on the device (asynchronous scheduling).
         self.num_host_waits = 0
@@ -325,7 +328,7 @@ class ModelRunner(ModelRunnerBase):
         if previous is not None and not previous.resolved and previous.verify is not None:
             src = previous.source_index(step.rows, missing=-1)
             verified = src >= 0
-            verified[verified] = previous.verify.num_drafts[src[verified]] > 0
+            verified[verified] = previous.verify.num_scheduled[src[verified]] > 0
             if verified.any():
                 step.shift_seq = np.nonzero(verified)[0]
                 step.shift_src = src[step.shift_seq]
@@ -437,16 +440,22 @@ class ModelRunner(ModelRunnerBase):
                           if drafts else None)
             verify = None
             if num_drafts is not None:
-                # Score every draft and the position after the last: rows offsets[j] ..
-                # offsets[j] + num_drafts[j] of the logits belong to sampling request j.
-                counts = num_drafts + 1
+                # Score every real draft and the position after it: rows offsets[j] ..
+                # offsets[j] + scored[j] of the logits belong to sampling request j (a host
+                # proposer may have filled fewer drafts than were scheduled).
+                first = cu[sample_idx] - num_drafts - 1
+                scored = num_drafts
+                if self._scored_drafts:
+                    scored = np.minimum(num_drafts, np.fromiter(
+                        (self._scored_drafts.get(req_ids[i], self.num_speculative_tokens)
+                         for i in sample_idx), dtype=np.int64, count=len(sample_idx)))
+                counts = scored + 1
                 offsets = np.cumsum(counts) - counts
-                first = cu[sample_idx] - counts
                 flat = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
                 sample_rows = np.repeat(sample_rows, counts)
                 arrays = batch.sampling_arrays(sample_rows)
-                verify = Verification(num_drafts, offsets, generators,
-                                      self._draft_ids(first, num_drafts))
+                verify = Verification(scored, offsets, generators,
+                                      self._draft_ids(first, scored), num_scheduled=num_drafts)
                 generators = [None] * len(flat)
             else:
                 flat = cu[sample_idx] - 1
@@ -500,7 +509,7 @@ class ModelRunner(ModelRunnerBase):
         else:
             out = self._verify(held)
             pending.verify = held.verify
-        counts = None if held.verify is None else held.verify.num_drafts + 1
+        counts = None if held.verify is None else held.verify.num_scheduled + 1
         pending.launch_copy(out, batch.reserve_tokens(sample_rows, counts),
                             [batch.params[r].logprobs for r in sample_rows]
                             if out.logprobs is not None else None)
@@ -512,7 +521,7 @@ class ModelRunner(ModelRunnerBase):
         logprobs of each emitted token's position."""
         verify, md = held.verify, held.metadata
         num_drafts, offsets = verify.num_drafts, verify.offsets
-        width = int(num_drafts.max())
+        width = max(1, int(num_drafts.max()))
         raw_logprobs = (torch.log_softmax(held.logits.float(), dim=-1)
                         if md.max_num_logprobs is not None else None)
         # Row j, column c reads logits row offsets[j] + min(c, num_drafts[j]).
@@ -522,6 +531,8 @@ class ModelRunner(ModelRunnerBase):
         draft_ids = verify.draft_ids
         probs, greedy = self.sampler.verification_inputs(held.logits, md)
         verify.num_drafts_t = num_drafts_t = self.upload(num_drafts)
+        verify.reserved_t = (num_drafts_t + 1 if verify.num_scheduled is num_drafts
+                             else self.upload(verify.num_scheduled + 1))
         if probs is None:
             verified = greedy_verify(greedy[index_t], draft_ids, num_drafts_t)
         else:
@@ -605,6 +616,7 @@ class ModelRunner(ModelRunnerBase):
         repeats the last token, which the verification then rejects or accepts as usual)."""
         drafts = so.scheduled_spec_decode_tokens
         self._device_drafts = None
+        self._scored_drafts = {}
         previous = self._previous
         # A proposer that observes the target reads the step's positions on the host.
         on_device = not self.proposer.observes_target and self.inputs_on_device(so, req_ids)
@@ -627,6 +639,9 @@ class ModelRunner(ModelRunnerBase):
             if self._previous is not None and not self._previous.resolved:
                 self._wait_for(self._previous)
             proposed = self._propose_rows(ids, rows, max_drafts)
+            # Positions past a request's own drafts repeat its last token and are not scored.
+            self._scored_drafts = {rid: min(len(t), m) for rid, t, m in
+                                   zip(ids, proposed, max_drafts.tolist())}
             last = batch.token_ids[rows, batch.num_tokens[rows] - 1]
             self._write_drafts({
                 rid: np.concatenate([tokens[:m], np.full(m - min(m, len(tokens)), tok)]).tolist()
@@ -724,7 +739,7 @@ class ModelRunner(ModelRunnerBase):
         """[n, max drafts] each verifying request's drafts (0 past its own), read from the
         step's input ids on the device: they follow its first token, flat position
         ``first[j]``."""
-        width = int(num_drafts.max())
+        width = max(1, int(num_drafts.max()))
         cols = np.arange(width)[None, :]
         own = cols < num_drafts[:, None]
         index = self.upload(np.where(own, first[:, None] + 1 + cols, -1))
@@ -784,6 +799,14 @@ class Verification:
     #: ``num_drafts`` there.
     draft_ids: Optional[torch.Tensor] = None
     num_drafts_t: Optional[torch.Tensor] = None
+    #: Draft positions scheduled per request (``num_drafts`` or more: those past the scored
+    #: ones are computed, never accepted), and their count + 1 on the device.
+    num_scheduled: Optional[np.ndarray] = None
+    reserved_t: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.num_scheduled is None:
+            self.num_scheduled = self.num_drafts
 
 
 @dataclass
@@ -833,7 +856,7 @@ class PendingOutput:
         """Per sampling request, the placeholders its tokens took: drafts + 1, or 1."""
         if self.verify is None:
             return np.ones(len(self.sample_rows), dtype=np.int64)
-        return self.verify.num_drafts + 1
+        return self.verify.num_scheduled + 1
 
     def _on_device(self, name: str) -> torch.Tensor:
         """The step's results on the device, derived once (queued after the sampling):
@@ -852,7 +875,7 @@ class PendingOutput:
                 cache["emitted"] = sampled
                 cache["num_emitted"] = count
                 cache["last_tokens"] = sampled.gather(1, (count - 1)[:, None])[:, 0]
-                cache["rejected"] = self.verify.num_drafts_t + 1 - count
+                cache["rejected"] = self.verify.reserved_t - count
         return cache[name]
 
     emitted = property(lambda self: self._on_device("emitted"))
@@ -901,6 +924,7 @@ class PendingOutput:
         sampled_lists: list[list[int]] = [[] for _ in req_ids]
         logprob_rows: list[Optional[LogprobsLists]] = [None] * len(req_ids)
         spec_token_ids: list[list[int]] = []
+        num_draft_tokens: list[int] = []
         if self.sampled is not None:
             self._event.synchronize()
             tokens = self._host.numpy()
@@ -914,6 +938,9 @@ class PendingOutput:
                                                  - self._rolled)
             if self.verify is not None:
                 self._accept_verified(tokens, owned, sampled_lists, logprob_rows)
+                num_draft_tokens = [0] * len(req_ids)
+                for i, d in zip(self.sample_idx.tolist(), self.verify.num_drafts.tolist()):
+                    num_draft_tokens[i] = d
             else:
                 batch.fill_tokens(self.sample_rows[owned], self._positions[owned],
                                   tokens[owned])
@@ -926,7 +953,7 @@ class PendingOutput:
                 spec_token_ids = runner.propose(req_ids, self.sample_idx[owned],
                                                 self.sample_rows[owned], self.grammar_req_ids)
         return ModelRunnerOutput(req_ids, sampled_lists, logprob_rows, self.prompt_logprobs,
-                                 spec_token_ids)
+                                 spec_token_ids, num_draft_tokens)
 
     def _accept_verified(self, tokens: np.ndarray, owned: np.ndarray,
                          sampled_lists: list[list[int]],
@@ -939,7 +966,7 @@ class PendingOutput:
         verify = self.verify
         for j, (i, row, pos, n, d) in enumerate(zip(
                 self.sample_idx.tolist(), self.sample_rows.tolist(), self._positions.tolist(),
-                num_emitted.tolist(), verify.num_drafts.tolist())):
+                num_emitted.tolist(), verify.num_scheduled.tolist())):
             emitted = tokens[j, :n]
             sampled_lists[i] = emitted.tolist()
             if owned[j]:

@@ -116,3 +116,7 @@ class ModelRunnerOutput:
     #: Per request in ``req_ids``: drafts proposed for its next step (empty: none);
     #: empty altogether without speculative decoding.
     spec_token_ids: list[list[int]] = field(default_factory=list)
+    #: Per request in ``req_ids``: the drafts its verification scored, where that can be
+    #: fewer than were scheduled (a host proposer under asynchronous scheduling finding
+    #: fewer); empty: as scheduled. Added in plugin API 1.6.
+    num_draft_tokens: list[int] = field(default_factory=list)

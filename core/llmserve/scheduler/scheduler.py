@@ -423,7 +423,10 @@ class Scheduler:
                 # accepted ones (the next step overwrites the rest).
                 num_accepted = len(new_ids) - 1
                 request.num_computed_tokens -= len(drafts) - num_accepted
-                self.spec_stats.observe(len(drafts), num_accepted)
+                scored = (runner_output.num_draft_tokens[idx] if runner_output.num_draft_tokens
+                          else len(drafts))
+                if scored:
+                    self.spec_stats.observe(scored, num_accepted)
             num_kept = self._append_and_check_stop(request, new_ids)
             if num_kept < len(new_ids):
                 new_ids = new_ids[:num_kept]
