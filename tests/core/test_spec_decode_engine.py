@@ -439,3 +439,22 @@ def test_asynchronous_scheduling_keeps_the_greedy_output(target_dir, other_draft
     if name == "self-draft":
         assert stats["spec_decode_num_accepted_tokens"] == stats["spec_decode_num_draft_tokens"]
     assert core.kv_manager.num_free_blocks == core.num_blocks
+
+
+@SCHEDULING
+def test_stop_strings_inside_a_run_of_accepted_drafts(target_dir, async_scheduling):
+    """A stop string that ends inside a step's accepted drafts cuts the text there, as
+    without speculation (the target drafts for itself: every step accepts k drafts)."""
+    plain = engine(target_dir)
+    spec = engine(target_dir, {"method": "draft_model", "model": target_dir,
+                               "num_speculative_tokens": K}, async_scheduling=async_scheduling)
+    prompt = {"prompt_token_ids": PROMPTS[2]}
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    text = plain.generate(prompt, params, use_tqdm=False)[0].outputs[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert len(stop) == 3 and text.index(stop) > 0
+    stopped = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop])
+    want = plain.generate(prompt, stopped, use_tqdm=False)[0].outputs[0]
+    got = spec.generate(prompt, stopped, use_tqdm=False)[0].outputs[0]
+    assert want.text == text[:text.index(stop)] and want.finish_reason == "stop"
+    assert (got.text, got.token_ids, got.finish_reason) == (want.text, want.token_ids, "stop")

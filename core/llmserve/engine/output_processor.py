@@ -163,14 +163,18 @@ class OutputProcessor:
 
     def _add_tokens(self, child: _ChildState, new_ids: list[int], logprobs,
                     stop_terminated: bool = False) -> None:
-        """Append a step's tokens; a stop string in their text finishes the child."""
+        """Append a step's tokens; a stop string in their text finishes the child, and the
+        tokens after the one that completed it (a speculative step brings several) go."""
         if child.detok is not None:
+            before = len(child.detok.output_token_ids)
             stop = child.detok.update(new_ids, stop_terminated)
             if stop is not None:
                 child.finish_reason, child.stop_reason = "stop", stop
+                new_ids = new_ids[:len(child.detok.output_token_ids) - before]
         child.token_ids.extend(new_ids)
         if child.logprobs is not None and logprobs is not None:
-            for ids, lps, rank in zip(logprobs.token_ids, logprobs.logprobs, logprobs.ranks):
+            rows = zip(logprobs.token_ids, logprobs.logprobs, logprobs.ranks)
+            for (ids, lps, rank), _ in zip(rows, new_ids):
                 child.logprobs.append(self._position(ids, lps, rank))
                 child.cumulative_logprob += lps[0]
 
