@@ -108,8 +108,10 @@ class InputBatch:
             self.token_ids[rows[room], n[room]] = PLACEHOLDER
             self.num_tokens[rows] = n + 1
             return n
-        for row, start, count in zip(rows.tolist(), n.tolist(), counts.tolist()):
-            self.token_ids[row, start:start + count] = PLACEHOLDER
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        positions = np.repeat(n, counts) + offsets
+        room = positions < self.max_model_len
+        self.token_ids[np.repeat(rows, counts)[room], positions[room]] = PLACEHOLDER
         self.num_tokens[rows] = n + counts
         return n
 

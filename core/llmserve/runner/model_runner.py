@@ -544,8 +544,8 @@ class ModelRunner(ModelRunnerBase):
         logprobs = None
         if raw_logprobs is not None:
             # The token emitted at each scored position (PAD past a rejection scores id 0,
-            # and is dropped on the host).
-            # Columns past a request's own drafts repeat its last row: they are not written.
+            # and is dropped on the host); columns past a request's own drafts repeat its
+            # last row and are not written.
             emitted = verified.output_token_ids.clamp(min=0)
             own = np.arange(width + 1)[None, :] <= num_drafts[:, None]
             flat = torch.empty(len(held.logits), dtype=torch.long, device=self.device)
@@ -612,8 +612,8 @@ class ModelRunner(ModelRunnerBase):
         """Make the step's scheduled draft placeholders before its forward. A proposer that
         drafts on the device (``propose_pending``) reads the previous step's tokens there when
         the step's inputs can wait on the device too; otherwise the previous step is waited
-        for and the host proposes (a method that finds fewer drafts than were scheduled
-        repeats the last token, which the verification then rejects or accepts as usual)."""
+        for and the host proposes (where a method finds fewer drafts than were scheduled,
+        the places left over repeat the last token and are computed but not scored)."""
         drafts = so.scheduled_spec_decode_tokens
         self._device_drafts = None
         self._scored_drafts = {}
@@ -636,8 +636,8 @@ class ModelRunner(ModelRunnerBase):
             made = self.proposer.propose_pending(self._pending_proposals(ids, rows,
                                                                          max_drafts))
         if made is None:
-            if self._previous is not None and not self._previous.resolved:
-                self._wait_for(self._previous)
+            if previous is not None and not previous.resolved:
+                self._wait_for(previous)
             proposed = self._propose_rows(ids, rows, max_drafts)
             # Positions past a request's own drafts repeat its last token and are not scored.
             self._scored_drafts = {rid: min(len(t), m) for rid, t, m in
