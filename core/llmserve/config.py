@@ -108,12 +108,35 @@ class SpeculativeConfig(_Frozen):
         return self
 
 
+class ParallelConfig(_Frozen):
+    """How many devices one engine spans, and how many engines serve behind one front end."""
+
+    #: Ranks that split every layer's weights (one worker process per device).
+    tensor_parallel_size: int = Field(1, ge=1)
+    #: Stages that split the layers; each stage has ``tensor_parallel_size`` ranks.
+    pipeline_parallel_size: int = Field(1, ge=1)
+    #: Engine cores behind one API server (``llmserve serve`` only).
+    data_parallel_size: int = Field(1, ge=1)
+    #: This engine core's index among the ``data_parallel_size`` replicas: replica r uses
+    #: local devices [r * world_size, (r + 1) * world_size).
+    data_parallel_rank: int = Field(0, ge=0)
+    #: "uni": the model runs in the engine's process (one device); "mp": one local worker
+    #: process per rank; "ray": workers placed on a Ray cluster.
+    distributed_executor_backend: Literal["uni", "mp", "ray"] = "uni"
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of one engine: tensor times pipeline size."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
 class EngineConfig(_Frozen):
     model_config_: ModelConfig = Field(alias="model")
     cache: CacheConfig
     scheduler: SchedulerConfig
     structured_outputs: StructuredOutputsConfig = StructuredOutputsConfig()
     speculative: Optional[SpeculativeConfig] = None
+    parallel: ParallelConfig = ParallelConfig()
     #: Platform name ("cpu", "cuda", ...) chosen through the platform hook.
     device: str
 
@@ -160,6 +183,17 @@ class EngineArgs(BaseModel):
     #: Speculative decoding: a dict of ``SpeculativeConfig`` fields, or its JSON text
     #: (``--speculative-config``); None: off.
     speculative_config: Optional[dict[str, Any]] = None
+    #: Devices that split every layer (one worker process each).
+    tensor_parallel_size: int = Field(1, ge=1)
+    #: Stages that split the layers across devices.
+    pipeline_parallel_size: int = Field(1, ge=1)
+    #: Engine cores behind one API server (``llmserve serve`` only).
+    data_parallel_size: int = Field(1, ge=1)
+    #: This engine core's replica index (set by the server for each core it starts).
+    data_parallel_rank: int = Field(0, ge=0)
+    #: How workers start: "mp" (local processes, the default for more than one device), "ray"
+    #: (a Ray cluster: ``pip install 'llmserve[ray]'``) or "uni" (in the engine's process).
+    distributed_executor_backend: Optional[Literal["uni", "mp", "ray"]] = None
 
     @field_validator("scheduling_policy_config", "speculative_config", mode="before")
     @classmethod

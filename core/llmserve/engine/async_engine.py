@@ -3,9 +3,14 @@
 The front end tokenizes, validates, fans out ``n``, detokenizes and matches stop strings
 (``OutputProcessor``); the core (``python -m llmserve.engine.core_process``, a fresh
 interpreter) resolves the engine arguments against the plugins and the model, schedules and
-runs the model. Two pipes join them; the message protocol is documented in
+runs the model. Two pipes join them (``CoreClient``); the message protocol is documented in
 ``llmserve.engine.core_process``. A writer thread sends, a reader thread receives and hands
 each message to the event loop, which routes outputs to one ``asyncio.Queue`` per request.
+
+With ``data_parallel_size`` N > 1 the front end starts N identical cores and
+``ReplicaBalancer`` (``llmserve.engine.data_parallel``) sends each request to one of them;
+everything else (tokenizing, streams, metrics) stays one front end. With N = 1 there is no
+balancer: every request goes to the one core.
 
 The front end imports no model, layer, runner, platform, attention, KV-cache or sampler code
 and no plugin package: the resolved configuration, the model facts it tokenizes and
@@ -20,29 +25,24 @@ Usage from Python::
     await engine.shutdown()
 
 Leaving the ``async for`` early (``break``, a cancelled task, a client that disconnected)
-aborts the request in the core, which frees its KV blocks. If the core process dies, every
-pending request raises ``EngineDeadError``, ``is_running`` turns False and the callbacks given
-to ``on_dead`` run (the HTTP server uses one to exit non-zero).
+aborts the request in the core, which frees its KV blocks. If a core process dies (any
+replica), every pending request raises ``EngineDeadError``, ``is_running`` turns False and the
+callbacks given to ``on_dead`` run (the HTTP server uses one to exit non-zero).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import multiprocessing
-import queue
-import subprocess
-import sys
-import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional, Protocol, Union
 
 from llmserve.config import EngineArgs, EngineConfig
+from llmserve.engine.core_client import CoreClient
 from llmserve.engine.core_process import EngineInfo
+from llmserve.engine.data_parallel import ReplicaBalancer, merge_replica_stats
 from llmserve.engine.input_processor import InputProcessor, fan_out_params
 from llmserve.engine.output_processor import OutputProcessor, RequestOutputKind
 from llmserve.outputs import RequestOutput
@@ -83,10 +83,12 @@ class IterationStats:
 class StatLogger(Protocol):
     """Receives the engine's numbers; the HTTP server's Prometheus metrics implement it."""
 
-    def record(self, iteration: Optional[IterationStats], engine_stats: dict) -> None:
-        """Called on the event loop after every message from the core. ``engine_stats`` is
+    def record(self, iteration: Optional[IterationStats], engine_stats: dict,
+               engine: int = 0) -> None:
+        """Called on the event loop after every message from a core. ``engine_stats`` is
         ``EngineCore.stats()`` plus ``num_free_blocks`` (cumulative counters stay
-        cumulative); ``iteration`` is None for a stats-only message."""
+        cumulative) of core ``engine`` (its data-parallel rank); ``iteration`` is None for a
+        stats-only message."""
 
 
 class RequestStream:
@@ -122,6 +124,8 @@ class _Tracked:
     arrival_time: float
     num_prompt_tokens: int
     core_ids: list[str]
+    #: The engine core (data-parallel rank) that serves it.
+    engine: int = 0
     first_token_time: Optional[float] = None
 
 
@@ -131,11 +135,13 @@ class AsyncEngine:
     def __init__(self, args: EngineArgs, *, stat_logger: Optional[StatLogger] = None,
                  log_level: int = logging.WARNING) -> None:
         """Keep ``args`` (pydantic has checked each value); ``start()`` starts the core
-        process, which resolves them against the plugins and the model directory."""
+        processes, which resolve them against the plugins and the model directory."""
         self.engine_args = EngineArgs.model_validate(args)
         self.stat_logger = stat_logger
-        #: What the started core reported; None before ``start()``.
+        #: What the started core (data-parallel replica 0) reported; None before ``start()``.
         self.info: Optional[EngineInfo] = None
+        #: What each started core reported, by data-parallel rank.
+        self.replica_infos: list[EngineInfo] = []
         self._frontend: Optional[InputProcessor] = None
         self._output_processor: Optional[OutputProcessor] = None
         self._log_level = log_level
@@ -144,15 +150,14 @@ class AsyncEngine:
         self._core_to_parent: dict[str, str] = {}
         self._last_token_time: dict[str, float] = {}
         self._pending_acks: dict[str, asyncio.Future] = {}
-        self._engine_stats: dict = {}
         self._dead_reason: Optional[str] = None
         self._dead_callbacks: list[Callable[[str], None]] = []
         self._closing = False
-        self._proc = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._send_queue: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._input_conn = None
-        self._output_conn = None
+        self._cores: list[CoreClient] = []
+        self._core_stats: list[dict] = []
+        #: None with one core: then every request goes to core 0.
+        self._balancer: Optional[ReplicaBalancer] = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class AsyncEngine:
         return engine
 
     async def __aenter__(self) -> "AsyncEngine":
-        if self._proc is None:
+        if not self._cores:
             await self.start()
         return self
 
@@ -171,111 +176,82 @@ class AsyncEngine:
         await self.shutdown()
 
     async def start(self, timeout_s: float = 900.0) -> EngineInfo:
-        """Start the core process, wait until its model and KV cache are ready, then load the
-        tokenizer the core names.
+        """Start the core processes (``data_parallel_size`` of them, at once), wait until
+        their models and KV caches are ready, then load the tokenizer the cores name.
 
-        Raises ``ValueError`` when the core rejected the arguments for this model or machine
+        Raises ``ValueError`` when a core rejected the arguments for this model or machine
         (an unsupported architecture, a ``max_model_len`` beyond the model's, a device that is
         not there, a KV cache too small for one sequence), ``RuntimeError`` when it failed or
-        exited otherwise.
+        exited otherwise; the other cores are then stopped too.
         """
-        if self._proc is not None:
+        if self._cores:
             raise RuntimeError("the engine is already started")
-        self._loop = asyncio.get_running_loop()
-        core_input_r, core_input_w = multiprocessing.Pipe(duplex=False)
-        core_output_r, core_output_w = multiprocessing.Pipe(duplex=False)
-        child_fds = (core_input_r.fileno(), core_output_w.fileno())
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "llmserve.engine.core_process", *map(str, child_fds)],
-            pass_fds=child_fds, close_fds=True)
-        # Close our copies of the child's ends, so either side sees EOF when the other dies.
-        core_input_r.close()
-        core_output_w.close()
-        self._input_conn, self._output_conn = core_input_w, core_output_r
-        _track_live_engine(self)
+        self._loop = loop = asyncio.get_running_loop()
+        size = self.engine_args.data_parallel_size
+        self._cores = [CoreClient(i, self._on_message, self._on_core_dead)
+                       for i in range(size)]
         try:
-            core_input_w.send(("init", self.engine_args.model_dump(), self._log_level))
-            message = await self._loop.run_in_executor(None, self._wait_ready, timeout_s)
-            info = EngineInfo.from_message(message[1])
-            frontend = await self._loop.run_in_executor(None, InputProcessor.load, info.model)
+            for core in self._cores:
+                args = self.engine_args.model_copy(update={"data_parallel_rank": core.index})
+                core.spawn(args.model_dump(), self._log_level)
+            infos = await self._wait_ready(timeout_s)
+            frontend = await loop.run_in_executor(None, InputProcessor.load, infos[0].model)
         except BaseException:
-            self._kill()
+            for core in self._cores:
+                core.kill()
             raise
-        self.info = info
+        self.info, self.replica_infos = infos[0], infos
         self._frontend = frontend
         self._output_processor = OutputProcessor(frontend.tokenizer)
-        threading.Thread(target=self._writer, name="llmserve-engine-writer",
-                         daemon=True).start()
-        threading.Thread(target=self._reader, name="llmserve-engine-reader",
-                         daemon=True).start()
+        self._core_stats = [{} for _ in self._cores]
+        if size > 1:
+            cache = infos[0].config.cache
+            self._balancer = ReplicaBalancer(size, cache.block_size,
+                                             prefix_affinity=cache.enable_prefix_caching)
+        for core in self._cores:
+            core.start_threads(loop)
         return self.info
 
-    def _wait_ready(self, timeout_s: float):
-        deadline = time.monotonic() + timeout_s
-        conn, proc = self._output_conn, self._proc
-        while time.monotonic() < deadline:
-            try:
-                if conn.poll(0.2):
-                    message = conn.recv()
-                    if message[0] == "ready":
-                        return message
-                    _, kind, text = message
-                    if kind == "invalid":
-                        raise ValueError(text)
-                    raise RuntimeError(f"the engine core failed to start: {text}")
-            except (EOFError, OSError):
-                raise RuntimeError(f"the engine core exited during start-up "
-                                   f"(exit code {_wait(proc, 5)})") from None
-            if proc.poll() is not None:
-                raise RuntimeError(f"the engine core exited during start-up "
-                                   f"(exit code {proc.returncode})")
-        raise RuntimeError(f"the engine core did not start within {timeout_s:.0f} s")
+    async def _wait_ready(self, timeout_s: float) -> list[EngineInfo]:
+        """Every core's info; the first failure (not the last) is raised at once."""
+        loop = asyncio.get_running_loop()
+        waits = [loop.run_in_executor(None, core.wait_ready, timeout_s) for core in self._cores]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [w for w in waits if w.done() and w.exception() is not None]
+        if not failed:
+            return [w.result() for w in waits]
+        for core in self._cores:
+            core.kill()
+        await asyncio.gather(*pending, return_exceptions=True)
+        error = failed[0].exception()
+        if len(self._cores) > 1 and not isinstance(error, ValueError):
+            index = waits.index(failed[0])
+            raise RuntimeError(f"data-parallel replica {index}: {error}") from error
+        raise error
 
     async def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop the core process (in-flight requests are not waited for: drain first)."""
-        if self._proc is None or self._closing:
+        """Stop the core processes (in-flight requests are not waited for: drain first)."""
+        if not self._cores or self._closing:
             return
         self._closing = True
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._stop_process, timeout_s)
+        await loop.run_in_executor(None, self._stop_cores, timeout_s)
         self._fail_all(EngineDeadError("the engine was shut down"))
 
-    def _stop_process(self, timeout_s: float) -> None:
-        self._closing = True
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._send_queue.put(("shutdown",))
-            self._send_queue.put(None)
-            _wait(proc, timeout_s)
-        self._kill()
-
-    def _kill(self) -> None:
-        """Last resort, and the cleanup after a normal stop."""
-        self._closing = True
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            if _wait(proc, 5) is None:
-                proc.kill()
-                _wait(proc, 5)
-        for conn in (self._input_conn, self._output_conn):
-            if conn is not None:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-        _live_engines.discard(self)
+    def _stop_cores(self, timeout_s: float) -> None:
+        for core in self._cores:
+            core.request_shutdown()
+        for core in self._cores:
+            core.close(timeout_s)
 
     def on_dead(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(reason)`` on the event loop if the core process dies."""
+        """Call ``callback(reason)`` on the event loop if a core process dies."""
         self._dead_callbacks.append(callback)
 
     @property
     def is_running(self) -> bool:
-        return (self._proc is not None and self._dead_reason is None and not self._closing
-                and self._proc.poll() is None)
+        return (bool(self._cores) and self._dead_reason is None and not self._closing
+                and all(core.is_alive for core in self._cores))
 
     @property
     def dead_reason(self) -> Optional[str]:
@@ -283,8 +259,21 @@ class AsyncEngine:
 
     @property
     def engine_stats(self) -> dict:
-        """The core's latest ``stats()`` (num_running, num_waiting, kv_cache_usage, ...)."""
-        return dict(self._engine_stats)
+        """The core's latest ``stats()`` (num_running, num_waiting, kv_cache_usage, ...);
+        with several replicas, their counts added up and their KV usage averaged."""
+        if len(self._core_stats) == 1:
+            return dict(self._core_stats[0])
+        return merge_replica_stats(self._core_stats)
+
+    @property
+    def replica_stats(self) -> list[dict]:
+        """Each core's latest ``stats()``, by data-parallel rank."""
+        return [dict(stats) for stats in self._core_stats]
+
+    @property
+    def _proc(self):
+        """Core 0's process (``subprocess.Popen``), or None before ``start()``."""
+        return self._cores[0].proc if self._cores else None
 
     @property
     def config(self) -> EngineConfig:
@@ -334,9 +323,12 @@ class AsyncEngine:
         children = fan_out_params(params)
         core_ids = self._output_processor.add_request(request_id, text, token_ids, children,
                                                       output_kind)
+        index = (0 if self._balancer is None
+                 else self._balancer.route(token_ids, len(core_ids)))
+        core = self._cores[index]
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
-        self._tracked[request_id] = _Tracked(arrival, len(token_ids), core_ids)
+        self._tracked[request_id] = _Tracked(arrival, len(token_ids), core_ids, index)
         for cid in core_ids:
             self._core_to_parent[cid] = request_id
         eos = self.frontend.eos_token_ids
@@ -345,14 +337,14 @@ class AsyncEngine:
                     for cid, child in zip(core_ids, children)]
         ack = self._loop.create_future()
         self._pending_acks[core_ids[0]] = ack
-        self._send(("add", requests))
+        core.send(("add", requests))
         try:
             await ack
         except BaseException:
             self._forget(request_id, core_ids)
             if not ack.done() or ack.cancelled():  # we were cancelled: the core may hold it
                 self._pending_acks.pop(core_ids[0], None)
-                self._send(("abort", core_ids, int(RequestStatus.FINISHED_ABORTED)))
+                core.send(("abort", core_ids, int(RequestStatus.FINISHED_ABORTED)))
             raise
         return stream
 
@@ -376,76 +368,48 @@ class AsyncEngine:
                 self.abort(rid)
 
     def abort(self, request_id: str) -> None:
-        """Abort a request: the core finishes it and frees its KV blocks. Unknown ids are
+        """Abort a request: its core finishes it and frees its KV blocks. Unknown ids are
         ignored."""
         if self._output_processor is None:
             return
         core_ids = self._output_processor.core_ids(request_id)
         if not core_ids:
             return
-        self._forget(request_id, core_ids)
+        index = self._forget(request_id, core_ids)
         if self._dead_reason is None and not self._closing:
-            self._send(("abort", core_ids, int(RequestStatus.FINISHED_ABORTED)))
+            self._cores[index].send(("abort", core_ids, int(RequestStatus.FINISHED_ABORTED)))
 
-    def _forget(self, request_id: str, core_ids: list[str]) -> None:
+    def _forget(self, request_id: str, core_ids: list[str]) -> int:
+        """Drop the front end's state of a request; returns the core that served it."""
         self._output_processor.abort(request_id)
         self._streams.pop(request_id, None)
-        self._tracked.pop(request_id, None)
         for cid in core_ids:
             self._core_to_parent.pop(cid, None)
             self._last_token_time.pop(cid, None)
+        t = self._untrack(request_id)
+        return t.engine if t is not None else 0
+
+    def _untrack(self, request_id: str) -> Optional[_Tracked]:
+        """Stop tracking a request; its completions no longer count as its core's load."""
+        t = self._tracked.pop(request_id, None)
+        if t is not None and self._balancer is not None:
+            self._balancer.release(t.engine, len(t.core_ids))
+        return t
 
     def _check_alive(self) -> None:
         if self._dead_reason is not None:
             raise EngineDeadError(f"the engine core is dead: {self._dead_reason}")
-        if self._proc is None or self._closing:
+        if not self._cores or self._closing:
             raise EngineDeadError("the engine is not running (not started, or shut down)")
-
-    def _send(self, message) -> None:
-        self._send_queue.put(message)
-
-    # -- the threads ----------------------------------------------------------------------
-
-    def _writer(self) -> None:
-        conn = self._input_conn
-        while True:
-            message = self._send_queue.get()
-            if message is None:
-                return
-            try:
-                conn.send(message)
-            except (OSError, ValueError):
-                return  # the reader sees the EOF and reports the death
-
-    def _reader(self) -> None:
-        conn, loop = self._output_conn, self._loop
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError, ValueError):
-                if not self._closing:
-                    code = _wait(self._proc, 2)
-                    reason = f"engine core process exited (exit code {code})"
-                    self._call_soon(loop, self._on_dead, reason)
-                return
-            if not self._call_soon(loop, self._on_message, message, time.monotonic()):
-                return
-
-    @staticmethod
-    def _call_soon(loop, fn, *args) -> bool:
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-            return True
-        except RuntimeError:  # the loop is closed
-            return False
 
     # -- on the event loop ----------------------------------------------------------------
 
-    def _on_message(self, message, now: float) -> None:
+    def _on_message(self, index: int, message, now: float) -> None:
+        """A message of core ``index`` (called by its reader thread through the loop)."""
         kind = message[0]
         if kind == "outputs":
             try:
-                self._on_outputs(message[1], message[2], message[3], now)
+                self._on_outputs(index, message[1], message[2], message[3], now)
             except Exception as exc:  # noqa: BLE001 - a front-end bug must not hang requests
                 logger.exception("processing engine outputs failed; aborting the requests")
                 self._fail_requests(list(self._streams), RuntimeError(
@@ -462,15 +426,22 @@ class AsyncEngine:
                 else:
                     ack.set_exception(ValueError(error[1]))
         elif kind == "stats":
-            self._engine_stats = message[1]
+            self._set_stats(index, message[1])
             if self.stat_logger is not None:
-                self.stat_logger.record(None, message[1])
+                self.stat_logger.record(None, message[1], index)
         elif kind == "dead":
             logger.error("engine core failed: %s", message[1])
-            self._on_dead(message[1].splitlines()[0])
+            self._on_core_dead(index, message[1].splitlines()[0])
 
-    def _on_outputs(self, outputs, engine_stats: dict, queue_times: dict, now: float) -> None:
-        self._engine_stats = engine_stats
+    def _set_stats(self, index: int, stats: dict) -> None:
+        self._core_stats[index] = stats
+        if self._balancer is not None:
+            self._balancer.report(index, stats.get("num_running", 0)
+                                  + stats.get("num_waiting", 0))
+
+    def _on_outputs(self, index: int, outputs, engine_stats: dict, queue_times: dict,
+                    now: float) -> None:
+        self._set_stats(index, engine_stats)
         it = IterationStats(now) if self.stat_logger is not None else None
         parents = self._core_to_parent
         if it is not None:
@@ -494,7 +465,7 @@ class AsyncEngine:
                 last[cid] = now
         ready, stopped = self._output_processor.process(outputs)
         if stopped:
-            self._send(("abort", stopped, int(RequestStatus.FINISHED_STOPPED)))
+            self._cores[index].send(("abort", stopped, int(RequestStatus.FINISHED_STOPPED)))
         for out in ready:
             stream = self._streams.get(out.request_id)
             if stream is not None:
@@ -502,12 +473,12 @@ class AsyncEngine:
             if out.finished:
                 self._finish(out, it, now)
         if it is not None:
-            self.stat_logger.record(it, engine_stats)
+            self.stat_logger.record(it, engine_stats, index)
 
     def _finish(self, out: RequestOutput, it: Optional[IterationStats], now: float) -> None:
         rid = out.request_id
         self._streams.pop(rid, None)
-        t = self._tracked.pop(rid, None)
+        t = self._untrack(rid)
         if t is None:
             return
         for cid in t.core_ids:
@@ -516,6 +487,10 @@ class AsyncEngine:
         if it is not None:
             it.e2e_latencies.append(now - t.arrival_time)
             it.finish_reasons.extend(c.finish_reason or "abort" for c in out.outputs)
+
+    def _on_core_dead(self, index: int, reason: str) -> None:
+        self._on_dead(reason if len(self._cores) == 1
+                      else f"data-parallel replica {index}: {reason}")
 
     def _on_dead(self, reason: str) -> None:
         if self._dead_reason is not None or self._closing:
@@ -530,7 +505,7 @@ class AsyncEngine:
                 logger.exception("engine-death callback failed")
 
     def _fail_requests(self, request_ids: list[str], error: Exception) -> None:
-        """End these requests with ``error`` and abort them in the core."""
+        """End these requests with ``error`` and abort them in their cores."""
         for rid in request_ids:
             stream = self._streams.get(rid)
             self.abort(rid)
@@ -545,33 +520,3 @@ class AsyncEngine:
         for stream in self._streams.values():
             stream.put(error)
         self._streams.clear()
-
-
-def _wait(proc: subprocess.Popen, timeout_s: float) -> Optional[int]:
-    """The exit code, or None if the process still runs after ``timeout_s``."""
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-#: Engines whose core process may still run; stopped at interpreter exit so that
-#: multiprocessing's own exit handler (which joins child processes) never waits forever.
-_live_engines: "weakref.WeakSet[AsyncEngine]" = weakref.WeakSet()
-_atexit_registered = False
-
-
-def _track_live_engine(engine: AsyncEngine) -> None:
-    global _atexit_registered
-    if not _atexit_registered:
-        atexit.register(_stop_live_engines)
-        _atexit_registered = True
-    _live_engines.add(engine)
-
-
-def _stop_live_engines() -> None:
-    for engine in list(_live_engines):
-        try:
-            engine._stop_process(5.0)
-        except Exception:  # noqa: BLE001
-            pass

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from llmserve.executor import make_executor
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
 from llmserve.kv_cache.spec import KVCacheConfig, check_layer_specs, plan_kv_cache
@@ -32,7 +33,6 @@ class EngineCore:
         self.resolved = resolved
         cfg = resolved.config
         platform = resolved.platform
-        self.device = platform.device()
 
         backends = collect_registry(pm, "llmserve_attention_backends")
         hook_choice = pm.hook.llmserve_select_attention_backend(
@@ -50,18 +50,15 @@ class EngineCore:
             proposer_cls=(collect_registry(pm, "llmserve_speculative_proposers")[
                 cfg.speculative.method] if cfg.speculative is not None else None),
             model_classes=collect_registry(pm, "llmserve_model_architectures"))
-        self.runner = platform.model_runner_class()(runner_config)
-        self.runner.load_model()
-
-        kv_config = self._plan_kv_cache(pm, platform)
-        if cfg.speculative is not None and kv_config.state_specs:
-            raise ValueError(f"speculative_config is not supported for {cfg.model.architecture}: "
-                             "its per-request state layers cannot roll back rejected drafts")
-        self.runner.initialize_kv_cache(kv_config)
-        t_warm = time.monotonic()
-        self.runner.warm_up()
-        self.warm_up_s = time.monotonic() - t_warm
-        self.kv_cache_config = kv_config
+        self.executor = make_executor(runner_config)
+        #: Where the model runs (rank 0's device when workers hold it).
+        self.device = getattr(self.runner, "device", None) or platform.device()
+        try:
+            self._start_model(pm, cfg)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+        kv_config = self.kv_cache_config
         self.num_blocks = kv_config.num_blocks
         block_size = cfg.cache.block_size
         self.kv_capacity_tokens = kv_config.num_blocks * block_size
@@ -79,7 +76,7 @@ class EngineCore:
                                                      cfg.cache.enable_prefix_caching)
         self.structured_outputs = self._structured_output_manager(pm)
         spec = cfg.speculative
-        proposer = getattr(self.runner, "proposer", None)
+        proposer = runner_config.proposer_cls
         self.scheduler = Scheduler(
             cfg.scheduler, self.kv_manager, policies[cfg.scheduler.policy](cfg.scheduler),
             self.structured_outputs,
@@ -97,22 +94,40 @@ class EngineCore:
         self.startup_s = time.monotonic() - t0
         pm.hook.llmserve_engine_started(config=cfg)
 
-    def _plan_kv_cache(self, pm, platform) -> KVCacheConfig:
+    @property
+    def runner(self):
+        """The model runner when it runs in this process (one rank); None when worker
+        processes hold the runners."""
+        return self.executor.runner
+
+    def _start_model(self, pm, cfg) -> None:
+        """Load the model on every rank, size and allocate the KV cache, warm up."""
+        self.executor.load_model()
+        kv_config = self._plan_kv_cache(pm)
+        if cfg.speculative is not None and kv_config.state_specs:
+            raise ValueError(f"speculative_config is not supported for {cfg.model.architecture}: "
+                             "its per-request state layers cannot roll back rejected drafts")
+        self.executor.initialize_kv_cache(kv_config)
+        t_warm = time.monotonic()
+        self.executor.warm_up()
+        self.warm_up_s = time.monotonic() - t_warm
+        self.kv_cache_config = kv_config
+
+    def _plan_kv_cache(self, pm) -> KVCacheConfig:
         """Check the runner's per-layer cache specs against the installed kinds, then split
-        the platform's memory budget between per-request state and paged blocks."""
+        the smallest memory budget of all ranks between per-request state and paged
+        blocks."""
         cfg = self.resolved.config
-        specs = self.runner.cache_specs()
+        specs = self.executor.cache_specs()
         check_layer_specs(specs, collect_registry(pm, "llmserve_cache_specs"))
         override = cfg.cache.num_gpu_blocks_override
-        budget = 0
-        if override is None:
-            if platform.needs_profile_run:
-                self.runner.profile_run(cfg.scheduler.max_num_batched_tokens,
-                                        cfg.scheduler.max_num_seqs)
-            budget = platform.kv_cache_budget_bytes(cfg.cache.kv_cache_memory,
-                                                    cfg.cache.gpu_memory_utilization)
+        budget = 0 if override is not None else self.executor.memory_budget()
         return plan_kv_cache(specs, budget, cfg.scheduler.max_num_seqs, override,
                              state_snapshots=cfg.cache.enable_prefix_caching)
+
+    def shutdown(self) -> None:
+        """Stop the workers (if any); the core cannot step afterwards."""
+        self.executor.shutdown()
 
     def _structured_output_manager(self, pm) -> Optional[StructuredOutputManager]:
         """The grammar compiler and mask filler; None without a tokenizer. The tokenizer is
@@ -171,7 +186,7 @@ class EngineCore:
             # Every grammar is up to date: fill the mask beside the forward pass, which may
             # hold this thread (a CPU device computes in the caller's thread).
             filling = self._mask_filler().submit(self.grammar_bitmask, grammar_ids)
-        pending = self.runner.execute_model_async(scheduler_output)
+        pending = self.executor.execute_model_async(scheduler_output)
         outputs: list[EngineCoreOutput] = []
         if self._in_flight is not None:
             previous_output, previous = self._in_flight
@@ -182,7 +197,7 @@ class EngineCore:
             # (above) while the device runs this step's forward; fill the mask now.
             bitmask = filling.result() if filling is not None else self.grammar_bitmask(
                 grammar_ids)
-            self.runner.sample_tokens(bitmask)
+            self.executor.sample_tokens(bitmask)
         if self.async_scheduling and not scheduler_output.is_empty:
             self._in_flight = (scheduler_output, pending)
         else:

@@ -20,6 +20,12 @@ from llmserve.sampling_params import SamplingParams
 
 class LLMEngine:
     def __init__(self, args: EngineArgs, plugin_manager=None) -> None:
+        if args.data_parallel_size > 1:
+            # One process holds one engine core here; replicas need the server's front end.
+            raise ValueError(
+                f"data_parallel_size={args.data_parallel_size} applies to `llmserve serve` "
+                f"(one API server over that many engine cores); the offline LLM / LLMEngine "
+                f"runs one engine core: start one process per replica instead")
         pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         resolved = resolve_engine(args, pm)
         self.config = resolved.config

@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from pydantic import ValidationError
 
-from llmserve.config import (CacheConfig, EngineArgs, EngineConfig, ModelConfig, SchedulerConfig,
-                             SpeculativeConfig, StructuredOutputsConfig)
+from llmserve.config import (CacheConfig, EngineArgs, EngineConfig, ModelConfig, ParallelConfig,
+                             SchedulerConfig, SpeculativeConfig, StructuredOutputsConfig)
 from llmserve.models.loader import checkpoint_dtype, read_hf_config, resolve_architecture
 from llmserve.platforms.base import Platform
 from llmserve.plugins import collect_list, collect_registry, plugin_infos
@@ -159,6 +159,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   async_scheduling=async_scheduling),
         structured_outputs=StructuredOutputsConfig(backend=args.structured_outputs_backend),
         speculative=speculative,
+        parallel=_parallel_config(args),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,
@@ -178,3 +179,21 @@ def _speculative_config(args: EngineArgs, pm) -> Optional[SpeculativeConfig]:
         raise ValueError(f"speculative_config.method must be one of the installed methods "
                          f"{sorted(proposers)}, got {config.method!r}")
     return config
+
+
+def _parallel_config(args: EngineArgs) -> ParallelConfig:
+    """The executor follows the world size unless named: one rank runs in the engine's
+    process, more start one local worker process each."""
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    backend = args.distributed_executor_backend or ("uni" if world == 1 else "mp")
+    if args.data_parallel_rank >= args.data_parallel_size:
+        raise ValueError(f"data_parallel_rank must be in [0, {args.data_parallel_size - 1}] "
+                         f"(data_parallel_size - 1), got {args.data_parallel_rank}")
+    if backend == "uni" and world > 1:
+        raise ValueError(f"distributed_executor_backend 'uni' runs one rank; tensor_parallel_size"
+                         f" x pipeline_parallel_size is {world}: use 'mp' or 'ray'")
+    return ParallelConfig(tensor_parallel_size=args.tensor_parallel_size,
+                          pipeline_parallel_size=args.pipeline_parallel_size,
+                          data_parallel_size=args.data_parallel_size,
+                          data_parallel_rank=args.data_parallel_rank,
+                          distributed_executor_backend=backend)

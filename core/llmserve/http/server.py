@@ -2,14 +2,14 @@
 
 Life cycle:
 
-- start-up: check the engine arguments, start the core process, which resolves them against
-  the model and the machine, and wait for its KV cache (a bad value, found either here or by
-  the core, exits 2 with its message on one line), bind the socket, print model / device / KV
-  capacity / URL, serve;
+- start-up: check the engine arguments, start the core process (``--data-parallel-size N``:
+  N of them behind this one server), which resolves them against the model and the machine,
+  and wait for its KV cache (a bad value, found either here or by the core, exits 2 with its
+  message on one line), bind the socket, print model / device / KV capacity / URL, serve;
 - SIGTERM or Ctrl-C: uvicorn stops accepting connections and lets in-flight requests finish
   (``--shutdown-timeout`` bounds the wait), then the core is stopped and the process exits 0;
-- the core process dies: ``/health`` answers 503, pending requests fail, the server shuts down
-  and the process exits 1 (a supervisor restarts it instead of it hanging).
+- a core process (any replica) dies: ``/health`` answers 503, pending requests fail, the
+  server shuts down and the process exits 1 (a supervisor restarts it instead of it hanging).
 """
 
 from __future__ import annotations
@@ -130,14 +130,15 @@ async def _serve(engine, args: argparse.Namespace, api_keys: list[str], state: d
     from llmserve.http.metrics import ServerMetrics
 
     try:
-        info = await engine.start()
+        await engine.start()
     except ValueError as exc:
         print(f"llmserve serve: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         print(f"llmserve serve: {exc}", file=sys.stderr)
         return 1
-    metrics = ServerMetrics(engine.config.model.served_model_name)
+    metrics = ServerMetrics(engine.config.model.served_model_name,
+                            num_engines=len(engine.replica_infos))
     engine.stat_logger = metrics
     try:
         sock = _bind(args.host, args.port)
@@ -166,10 +167,7 @@ async def _serve(engine, args: argparse.Namespace, api_keys: list[str], state: d
     cfg = engine.config
     print(f"llmserve {__version__}: serving {cfg.model.served_model_name!r} "
           f"({cfg.model.model})\n"
-          f"  device: {info.device}, dtype {cfg.model.dtype}, "
-          f"max_model_len {cfg.model.max_model_len}, engine core pid {info.pid}\n"
-          f"  KV cache: {info.kv_capacity_tokens} tokens ({info.num_blocks} blocks of "
-          f"{info.block_size})\n"
+          f"{_describe_cores(engine.replica_infos, cfg)}\n"
           f"  API: http://{url_host}:{port}/v1 (docs /docs, metrics /metrics"
           f"{', API key required' if api_keys else ''})", flush=True)
     try:
@@ -181,6 +179,24 @@ async def _serve(engine, args: argparse.Namespace, api_keys: list[str], state: d
               file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _describe_cores(infos: list, cfg) -> str:
+    """The start-up lines about the engine core, or about each data-parallel replica (its
+    device, pid and KV cache) and their KV capacity in all."""
+    model = f"dtype {cfg.model.dtype}, max_model_len {cfg.model.max_model_len}"
+    if len(infos) == 1:
+        info = infos[0]
+        return (f"  device: {info.device}, {model}, engine core pid {info.pid}\n"
+                f"  KV cache: {info.kv_capacity_tokens} tokens ({info.num_blocks} blocks of "
+                f"{info.block_size})")
+    total = sum(info.kv_capacity_tokens for info in infos)
+    lines = [f"  {model}, data parallel: {len(infos)} engine cores, KV cache {total} "
+             f"tokens in all"]
+    lines += [f"  engine {i}: device {info.device}, pid {info.pid}, KV cache "
+              f"{info.kv_capacity_tokens} tokens ({info.num_blocks} blocks of "
+              f"{info.block_size})" for i, info in enumerate(infos)]
+    return "\n".join(lines)
 
 
 def _bind(host: str, port: int) -> socket.socket:

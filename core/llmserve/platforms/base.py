@@ -76,6 +76,12 @@ class Platform(ABC):
         return torch.device(cls.device_type)
 
     @classmethod
+    def select_device(cls, index: int) -> None:
+        """Make local device ``index`` this process's current one, before its runner is
+        built (each rank, and each data-parallel replica, takes its own). Devices the host
+        runs on have no index: the default does nothing. Added in plugin API 1.7."""
+
+    @classmethod
     def device_capability(cls) -> Optional[tuple[int, int]]:
         """(major, minor) of the current device (e.g. (9, 0) for an H100), for kernels and
         dtypes that need a minimum; None where the notion does not apply (the CPU)."""

@@ -30,6 +30,15 @@ class GpuPlatform(Platform):
         return torch.device("cuda", torch.cuda.current_device())
 
     @classmethod
+    def select_device(cls, index: int) -> None:
+        count = torch.cuda.device_count()
+        if not 0 <= index < count:
+            raise ValueError(f"device index must be in [0, {count - 1}] (the GPUs this process "
+                             f"sees), got {index}: tensor_parallel_size x "
+                             f"pipeline_parallel_size x data_parallel_size needs that many")
+        torch.cuda.set_device(index)
+
+    @classmethod
     def synchronize(cls) -> None:
         torch.cuda.synchronize()
 

@@ -1,0 +1,195 @@
+"""One local worker process per rank, fed through shared memory.
+
+The engine writes each message once into a ``ShmRing`` that every worker reads; each worker
+answers on its own ring. Only the output rank answers steps, so a step costs one pickle in
+and one out, whatever the world size. Workers are fresh interpreters
+(``python -m llmserve.executor.worker``): nothing of the caller's ``__main__`` is re-run.
+
+While the engine waits on a worker, it checks every 50 ms that all workers live; one that
+exited turns into ``WorkerDiedError`` naming its rank and exit code, and the executor kills
+the rest (a survivor may be stuck in a collective with the dead rank).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import subprocess
+import sys
+import weakref
+from collections import deque
+from multiprocessing import Pipe
+from typing import Any, Optional
+
+from llmserve.distributed.shm_ring import ShmRing
+from llmserve.executor.base import Executor, WorkerDiedError, device_index, output_rank
+from llmserve.executor.worker import WorkerInit
+from llmserve.runner.base import RunnerConfig
+from llmserve.scheduler.output import ModelRunnerOutput
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a worker may take to start (import torch, join the process groups, build its
+#: runner), and to exit after "shutdown" before it is killed.
+START_TIMEOUT_S = 300.0
+EXIT_TIMEOUT_S = 10.0
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MultiprocExecutor(Executor):
+    def __init__(self, config: RunnerConfig) -> None:
+        super().__init__(config)
+        world = self.parallel.world_size
+        self.output_rank = output_rank(config)
+        self.messages = ShmRing.create(num_readers=world)
+        self.responses = [ShmRing.create(num_readers=1, reader=0) for _ in range(world)]
+        self.procs: list[subprocess.Popen] = []
+        self._dead: Optional[str] = None
+        self._unread: deque["_WorkerStep"] = deque()
+        self._finalizer = weakref.finalize(self, _stop, self.procs, self.messages,
+                                           self.responses)
+        init_method = f"tcp://127.0.0.1:{free_loopback_port()}"
+        level = logging.getLogger("llmserve").getEffectiveLevel()
+        for rank in range(world):
+            self.procs.append(self._spawn(WorkerInit(
+                config, rank, device_index(config, rank), init_method,
+                rank == self.output_rank, self.messages.handle, self.responses[rank].handle,
+                level)))
+        try:
+            for rank in range(world):
+                self._reply(rank, timeout_s=START_TIMEOUT_S)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @staticmethod
+    def _spawn(init: WorkerInit) -> subprocess.Popen:
+        read, write = Pipe(duplex=False)
+        fd = read.fileno()
+        proc = subprocess.Popen([sys.executable, "-m", "llmserve.executor.worker", str(fd)],
+                                pass_fds=(fd,))
+        read.close()
+        write.send_bytes(pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL))
+        write.close()
+        return proc
+
+    # ---- health --------------------------------------------------------------------------
+
+    def check_workers(self) -> None:
+        """Raise ``WorkerDiedError`` if a worker has exited."""
+        if self._dead is not None:
+            raise WorkerDiedError(self._dead)
+        for rank, proc in enumerate(self.procs):
+            code = proc.poll()
+            if code is not None:
+                detail = self._last_error(rank)
+                self._dead = (f"worker rank {rank} (pid {proc.pid}) exited with code {code}"
+                              + (f": {detail}" if detail else "")
+                              + "; the engine cannot continue")
+                logger.error("%s", self._dead)
+                _stop(self.procs, None, ())
+                raise WorkerDiedError(self._dead)
+
+    def _last_error(self, rank: int) -> Optional[str]:
+        ring = self.responses[rank]
+        try:
+            while ring.ready():
+                kind, value = ring.get()
+                if kind == "error":
+                    return value.strip().splitlines()[0]
+        except Exception:  # noqa: BLE001 - a half-written reply: no detail to give
+            pass
+        return None
+
+    def _reply(self, rank: int, timeout_s: Optional[float] = None) -> Any:
+        kind, value = self.responses[rank].get(check=self.check_workers, timeout_s=timeout_s)
+        if kind == "error":
+            self._dead = f"worker rank {rank} failed: {value}"
+            _stop(self.procs, None, ())
+            raise WorkerDiedError(self._dead)
+        return value
+
+    # ---- calls ---------------------------------------------------------------------------
+
+    def _broadcast(self, message: tuple) -> None:
+        self.check_workers()
+        self.messages.put(message, check=self.check_workers)
+
+    def _call(self, method: str, *args) -> list:
+        self._broadcast(("call", method, args))
+        return [self._reply(rank) for rank in range(len(self.procs))]
+
+    def load_model(self) -> None:
+        self._call("load_model")
+
+    def cache_specs(self):
+        return self._call("cache_specs")[0]
+
+    def memory_budget(self) -> int:
+        return min(self._call("memory_budget"))
+
+    def initialize_kv_cache(self, kv_config) -> None:
+        self._call("initialize_kv_cache", kv_config)
+
+    def warm_up(self) -> None:
+        self._call("warm_up")
+
+    def execute_model_async(self, so) -> "_WorkerStep":
+        self._broadcast(("execute", so))
+        step = _WorkerStep(self)
+        self._unread.append(step)
+        return step
+
+    def sample_tokens(self, grammar) -> None:
+        self._broadcast(("sample", grammar))
+
+    def _read_until(self, step: "_WorkerStep") -> None:
+        """Read step outputs in launch order up to ``step``'s."""
+        while step._output is None:
+            self._unread.popleft()._output = self._reply(self.output_rank)
+
+    def shutdown(self) -> None:
+        if self._finalizer.alive and self._dead is None:
+            try:
+                self.messages.put(("shutdown",), check=self.check_workers)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+        self._finalizer()
+
+
+class _WorkerStep:
+    """A step launched on the workers; its output is the output rank's next reply."""
+
+    def __init__(self, executor: MultiprocExecutor) -> None:
+        self._executor = executor
+        self._output: Optional[ModelRunnerOutput] = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self._output is None:
+            self._executor._read_until(self)
+        return self._output
+
+
+def _stop(procs: list, messages: Optional[ShmRing], responses) -> None:
+    """Free the rings after giving workers that were told to stop a moment to exit; without
+    rings to free (a rank died), kill the survivors at once."""
+    for proc in procs:
+        if messages is not None:
+            try:
+                proc.wait(EXIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if messages is not None:
+        messages.close()
+        for ring in responses:
+            ring.close()
+
