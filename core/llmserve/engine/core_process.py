@@ -119,8 +119,8 @@ def run_engine_core(engine_args: dict[str, Any], input_conn, output_conn,
         logger.debug("engine core start-up failed", exc_info=True)
         _send_quietly(output_conn, ("startup_failed", "error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1)
-    output_conn.send(("ready", engine_info(core).to_message()))
     try:
+        output_conn.send(("ready", engine_info(core).to_message()))
         EngineCoreLoop(core, input_conn, output_conn).run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the front end went away: nothing left to tell anyone
@@ -128,6 +128,8 @@ def run_engine_core(engine_args: dict[str, Any], input_conn, output_conn,
         _send_quietly(output_conn, ("dead", f"{type(exc).__name__}: {exc}\n"
                                             f"{traceback.format_exc()}"))
         raise SystemExit(1)
+    finally:
+        core.shutdown()  # stops the worker ranks, if any
 
 
 def engine_info(core) -> EngineInfo:

@@ -159,7 +159,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   async_scheduling=async_scheduling),
         structured_outputs=StructuredOutputsConfig(backend=args.structured_outputs_backend),
         speculative=speculative,
-        parallel=_parallel_config(args),
+        parallel=_parallel_config(args, model_cls, speculative),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,
@@ -181,9 +181,17 @@ def _speculative_config(args: EngineArgs, pm) -> Optional[SpeculativeConfig]:
     return config
 
 
-def _parallel_config(args: EngineArgs) -> ParallelConfig:
+def _parallel_config(args: EngineArgs, model_cls: type,
+                     speculative: Optional[SpeculativeConfig]) -> ParallelConfig:
     """The executor follows the world size unless named: one rank runs in the engine's
     process, more start one local worker process each."""
+    if args.pipeline_parallel_size > 1:
+        if not getattr(model_cls, "supports_pipeline_parallel", False):
+            raise ValueError(f"pipeline_parallel_size must be 1 for {model_cls.__name__}: it "
+                             f"does not split its layers into stages")
+        if speculative is not None:
+            raise ValueError("speculative_config needs pipeline_parallel_size 1: draft "
+                             "proposers run beside one stage's layers only")
     world = args.tensor_parallel_size * args.pipeline_parallel_size
     backend = args.distributed_executor_backend or ("uni" if world == 1 else "mp")
     if args.data_parallel_rank >= args.data_parallel_size:

@@ -8,11 +8,12 @@ the smallest KV budget of all ranks, the cache specs every rank agrees on.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Optional
 
 from llmserve.kv_cache.spec import CacheSpec, KVCacheConfig
 from llmserve.runner.base import RunnerConfig, StepHandle
-from llmserve.scheduler.output import GrammarBitmask, SchedulerOutput
+from llmserve.scheduler.output import GrammarBitmask, ModelRunnerOutput, SchedulerOutput
 
 
 class WorkerDiedError(RuntimeError):
@@ -52,6 +53,70 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         """Stop the workers and free what they hold; idempotent."""
+
+
+class RemoteExecutor(Executor):
+    """Ranks in other processes, all sent the same messages (see ``WorkerLoop``): a
+    transport supplies ``_broadcast``, ``_call`` and ``_next_output``."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        super().__init__(config)
+        #: Launched steps whose outputs are not read yet, oldest first.
+        self._unread: deque["RemoteStep"] = deque()
+
+    @abstractmethod
+    def _broadcast(self, message: tuple) -> None:
+        """Send ``message`` to every rank."""
+
+    @abstractmethod
+    def _call(self, method: str, *args) -> list:
+        """Run ``Worker.<method>(*args)`` on every rank; their results, by rank."""
+
+    @abstractmethod
+    def _next_output(self) -> ModelRunnerOutput:
+        """The output rank's next step output (waits for it)."""
+
+    def load_model(self) -> None:
+        self._call("load_model")
+
+    def cache_specs(self) -> list[CacheSpec]:
+        return self._call("cache_specs")[0]
+
+    def memory_budget(self) -> int:
+        return min(self._call("memory_budget"))
+
+    def initialize_kv_cache(self, kv_config: KVCacheConfig) -> None:
+        self._call("initialize_kv_cache", kv_config)
+
+    def warm_up(self) -> None:
+        self._call("warm_up")
+
+    def execute_model_async(self, so: SchedulerOutput) -> "RemoteStep":
+        self._broadcast(("execute", so))
+        step = RemoteStep(self)
+        self._unread.append(step)
+        return step
+
+    def sample_tokens(self, grammar: GrammarBitmask) -> None:
+        self._broadcast(("sample", grammar))
+
+    def read_until(self, step: "RemoteStep") -> None:
+        """Read step outputs in launch order, up to ``step``'s."""
+        while step.output is None:
+            self._unread.popleft().output = self._next_output()
+
+
+class RemoteStep:
+    """A step launched on the ranks; its output is the output rank's reply to it."""
+
+    def __init__(self, executor: RemoteExecutor) -> None:
+        self._executor = executor
+        self.output: Optional[ModelRunnerOutput] = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self.output is None:
+            self._executor.read_until(self)
+        return self.output
 
 
 def device_index(config: RunnerConfig, rank: int) -> int:

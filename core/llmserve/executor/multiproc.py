@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import weakref
-from collections import deque
 from multiprocessing import Pipe
 from typing import Any, Optional
 
 from llmserve.distributed.shm_ring import ShmRing
-from llmserve.executor.base import Executor, WorkerDiedError, device_index, output_rank
+from llmserve.executor.base import RemoteExecutor, WorkerDiedError, device_index, output_rank
 from llmserve.executor.worker import WorkerInit
 from llmserve.runner.base import RunnerConfig
 from llmserve.scheduler.output import ModelRunnerOutput
@@ -36,13 +37,14 @@ START_TIMEOUT_S = 300.0
 EXIT_TIMEOUT_S = 10.0
 
 
-def free_loopback_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at ``host`` now (the ranks' rendezvous)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(RemoteExecutor):
     def __init__(self, config: RunnerConfig) -> None:
         super().__init__(config)
         world = self.parallel.world_size
@@ -51,10 +53,12 @@ class MultiprocExecutor(Executor):
         self.responses = [ShmRing.create(num_readers=1, reader=0) for _ in range(world)]
         self.procs: list[subprocess.Popen] = []
         self._dead: Optional[str] = None
-        self._unread: deque["_WorkerStep"] = deque()
+        self._rendezvous = tempfile.mkdtemp(prefix="llmserve-ranks-")
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.messages,
-                                           self.responses)
-        init_method = f"tcp://127.0.0.1:{free_loopback_port()}"
+                                           self.responses, self._rendezvous)
+        # A file rendezvous: nothing listens on a socket (the TCP store would bind every
+        # interface).
+        init_method = f"file://{self._rendezvous}/store"
         level = logging.getLogger("llmserve").getEffectiveLevel()
         for rank in range(world):
             self.procs.append(self._spawn(WorkerInit(
@@ -125,34 +129,8 @@ class MultiprocExecutor(Executor):
         self._broadcast(("call", method, args))
         return [self._reply(rank) for rank in range(len(self.procs))]
 
-    def load_model(self) -> None:
-        self._call("load_model")
-
-    def cache_specs(self):
-        return self._call("cache_specs")[0]
-
-    def memory_budget(self) -> int:
-        return min(self._call("memory_budget"))
-
-    def initialize_kv_cache(self, kv_config) -> None:
-        self._call("initialize_kv_cache", kv_config)
-
-    def warm_up(self) -> None:
-        self._call("warm_up")
-
-    def execute_model_async(self, so) -> "_WorkerStep":
-        self._broadcast(("execute", so))
-        step = _WorkerStep(self)
-        self._unread.append(step)
-        return step
-
-    def sample_tokens(self, grammar) -> None:
-        self._broadcast(("sample", grammar))
-
-    def _read_until(self, step: "_WorkerStep") -> None:
-        """Read step outputs in launch order up to ``step``'s."""
-        while step._output is None:
-            self._unread.popleft()._output = self._reply(self.output_rank)
+    def _next_output(self) -> ModelRunnerOutput:
+        return self._reply(self.output_rank)
 
     def shutdown(self) -> None:
         if self._finalizer.alive and self._dead is None:
@@ -163,20 +141,8 @@ class MultiprocExecutor(Executor):
         self._finalizer()
 
 
-class _WorkerStep:
-    """A step launched on the workers; its output is the output rank's next reply."""
-
-    def __init__(self, executor: MultiprocExecutor) -> None:
-        self._executor = executor
-        self._output: Optional[ModelRunnerOutput] = None
-
-    def result(self) -> ModelRunnerOutput:
-        if self._output is None:
-            self._executor._read_until(self)
-        return self._output
-
-
-def _stop(procs: list, messages: Optional[ShmRing], responses) -> None:
+def _stop(procs: list, messages: Optional[ShmRing], responses,
+          rendezvous: Optional[str] = None) -> None:
     """Free the rings after giving workers that were told to stop a moment to exit; without
     rings to free (a rank died), kill the survivors at once."""
     for proc in procs:
@@ -192,4 +158,6 @@ def _stop(procs: list, messages: Optional[ShmRing], responses) -> None:
         messages.close()
         for ring in responses:
             ring.close()
+    if rendezvous is not None:
+        shutil.rmtree(rendezvous, ignore_errors=True)
 

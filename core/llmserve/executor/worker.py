@@ -26,6 +26,9 @@ from llmserve.runner.base import RunnerConfig
 
 logger = logging.getLogger(__name__)
 
+#: The variables that name the network interface of gloo's and NCCL's sockets.
+LOOPBACK_INTERFACE_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
 
 class Worker:
     """A rank's runner and the calls an executor makes on it."""
@@ -38,10 +41,16 @@ class Worker:
 
     def init_device(self, device_index: int, init_method: Optional[str] = None) -> None:
         """Take local device ``device_index``, join the engine's process groups (more than one
-        rank), then build the runner on that device."""
+        rank), then build the runner on that device.
+
+        A ``file://`` rendezvous means every rank is on this machine: the collectives'
+        sockets then stay on the loopback interface unless the user chose one."""
         self.platform.select_device(device_index)
         parallel = self.config.engine.parallel
         if parallel.world_size > 1:
+            if init_method.startswith("file://"):
+                for name in LOOPBACK_INTERFACE_ENV:
+                    os.environ.setdefault(name, "lo")
             from llmserve.distributed.parallel_state import init_parallel_groups
 
             init_parallel_groups(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,

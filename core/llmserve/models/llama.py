@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from llmserve.attention.backend import ForwardContext
+from llmserve.distributed.parallel_state import (get_pp_rank, get_pp_world_size,
+                                                 pp_broadcast_from_last, pp_layer_range,
+                                                 pp_recv, pp_send)
 from llmserve.kv_cache.spec import CacheSpec, FullAttentionSpec, SlidingWindowSpec
 from llmserve.layers.activation import SiluAndMul
 from llmserve.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -62,6 +65,9 @@ class LlamaAttention(nn.Module):
         self.rotary_emb = get_rope(self.head_dim, ctx.max_position, theta, rope_params,
                                    ctx.ops)
         self.layer_idx = layer_idx
+        #: Where this layer's cache sits in ``ForwardContext.kv_caches``: its index among
+        #: the layers of its pipeline stage.
+        self.cache_index = layer_idx
         self.sliding_window = sliding_window_of_layer(cfg, layer_idx)
         self.attn = ctx.attn_backend(self.num_heads, self.head_dim, self.num_kv_heads,
                                      self.head_dim ** -0.5,
@@ -86,7 +92,7 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_emb(positions, q, k)
-        out = self.attn.forward(q, k, v.contiguous(), fctx.kv_caches[self.layer_idx],
+        out = self.attn.forward(q, k, v.contiguous(), fctx.kv_caches[self.cache_index],
                                 fctx.attn_metadata)
         return self.o_proj(out.reshape(-1, q_size))
 
@@ -149,25 +155,58 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
 
+class AbsentLayer(nn.Module):
+    """A decoder layer another pipeline stage holds: no parameters, never called."""
+
+
 class LlamaModel(nn.Module):
+    """With pipeline parallelism each stage holds decoder layers ``[start, end)``: it takes
+    the hidden state and residual from the previous stage and sends its own to the next.
+    The last stage's final hidden states are broadcast back to every stage, so every stage
+    computes the same logits and samples the same tokens, as tensor-parallel ranks do (the
+    embedding, final norm and LM head live on every stage for that)."""
+
     def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
         super().__init__()
+        self.hidden_size = cfg["hidden_size"]
         self.embed_tokens = VocabParallelEmbedding(cfg["vocab_size"], cfg["hidden_size"],
                                                    ctx.dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, ctx)
-                                    for i in range(cfg["num_hidden_layers"]))
+        self.start, self.end = pp_layer_range(cfg["num_hidden_layers"])
+        self.num_stages, self.stage = get_pp_world_size(), get_pp_rank()
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, ctx) if self.start <= i < self.end else AbsentLayer()
+            for i in range(cfg["num_hidden_layers"]))
+        for layer in self.layers[self.start:self.end]:
+            layer.self_attn.cache_index = layer.self_attn.layer_idx - self.start
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], ctx.dtype, ctx.ops)
 
     def forward(self, input_ids, positions, fctx):
-        hidden = self.embed_tokens(input_ids)
-        residual = None
+        if self.stage == 0:
+            hidden, residual = self.embed_tokens(input_ids), None
+        else:
+            table = self.embed_tokens.weight
+            hidden, residual = pp_recv(torch.empty(
+                (2, len(input_ids), self.hidden_size), dtype=table.dtype,
+                device=input_ids.device)).unbind(0)
         aux = fctx.aux_hidden_layers
-        for i, layer in enumerate(self.layers):
+        for i in range(self.start, self.end):
             if i in aux:
                 fctx.aux_hidden_states.append(hidden if residual is None else hidden + residual)
-            hidden, residual = layer(positions, hidden, residual, fctx)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+            hidden, residual = self.layers[i](positions, hidden, residual, fctx)
+        if self.num_stages == 1:
+            return self.norm(hidden, residual)[0]
+        if self.stage < self.num_stages - 1:
+            pp_send(torch.stack((hidden, residual)))
+            hidden = torch.empty_like(hidden)
+        else:
+            hidden = self.norm(hidden, residual)[0]
+        return pp_broadcast_from_last(hidden)
+
+    def owns(self, name: str) -> bool:
+        """Whether checkpoint tensor ``name`` belongs to this stage."""
+        if not name.startswith("model.layers."):
+            return True
+        return self.start <= int(name.split(".", 3)[2]) < self.end
 
 
 class LlamaForCausalLM(nn.Module):
@@ -176,6 +215,8 @@ class LlamaForCausalLM(nn.Module):
 
     #: ``forward`` records the layer inputs that ``ForwardContext.aux_hidden_layers`` names.
     supports_aux_hidden_states = True
+    #: Each pipeline stage builds and loads only its own decoder layers.
+    supports_pipeline_parallel = True
 
     def __init__(self, cfg: dict[str, Any], ctx: ModelBuildContext) -> None:
         super().__init__()
@@ -208,7 +249,9 @@ class LlamaForCausalLM(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def attention_layers(self) -> list[LlamaAttention]:
-        return [layer.self_attn for layer in self.model.layers]
+        """This stage's attention layers, in cache order."""
+        model = self.model
+        return [layer.self_attn for layer in model.layers[model.start:model.end]]
 
     def cache_specs(self, block_size: int) -> list[CacheSpec]:
         """One spec per layer, in the order of ``ForwardContext.kv_caches``."""
@@ -222,6 +265,8 @@ class LlamaForCausalLM(nn.Module):
             if "rotary_emb.inv_freq" in name:
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            if not self.model.owns(name):
                 continue
             loaded.add(load_checkpoint_tensor(params, name, tensor))
         return loaded
