@@ -27,7 +27,7 @@ _COUNTER = struct.Struct("<q")
 _SLOT_HEADER = struct.Struct("<qq")
 #: Spins before waiting starts to sleep, the longest sleep (seconds), and the longest once
 #: the wait has lasted ``_IDLE_AFTER_S`` (an idle engine then costs its workers ~nothing).
-_SPINS = 2000
+_SPINS = 200
 _MAX_SLEEP_S = 0.001
 _IDLE_AFTER_S = 0.5
 _IDLE_SLEEP_S = 0.02

@@ -192,7 +192,8 @@ class AsyncEngine:
                        for i in range(size)]
         try:
             for core in self._cores:
-                args = self.engine_args.model_copy(update={"data_parallel_rank": core.index})
+                args = self.engine_args if size == 1 else self.engine_args.model_copy(
+                    update={"data_parallel_rank": core.index})
                 core.spawn(args.model_dump(), self._log_level)
             infos = await self._wait_ready(timeout_s)
             frontend = await loop.run_in_executor(None, InputProcessor.load, infos[0].model)
@@ -216,7 +217,7 @@ class AsyncEngine:
         """Every core's info; the first failure (not the last) is raised at once."""
         loop = asyncio.get_running_loop()
         waits = [loop.run_in_executor(None, core.wait_ready, timeout_s) for core in self._cores]
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
         failed = [w for w in waits if w.done() and w.exception() is not None]
         if not failed:
             return [w.result() for w in waits]

@@ -159,7 +159,7 @@ def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:
                                   async_scheduling=async_scheduling),
         structured_outputs=StructuredOutputsConfig(backend=args.structured_outputs_backend),
         speculative=speculative,
-        parallel=_parallel_config(args, model_cls, speculative),
+        parallel=_parallel_config(args, hf_config, model_cls, speculative),
         device=platform.name,
     )
     return ResolvedEngine(config, hf_config, platform, model_cls, torch_dtype, args.load_format,
@@ -181,10 +181,14 @@ def _speculative_config(args: EngineArgs, pm) -> Optional[SpeculativeConfig]:
     return config
 
 
-def _parallel_config(args: EngineArgs, model_cls: type,
+def _parallel_config(args: EngineArgs, hf_config: dict[str, Any], model_cls: type,
                      speculative: Optional[SpeculativeConfig]) -> ParallelConfig:
     """The executor follows the world size unless named: one rank runs in the engine's
     process, more start one local worker process each."""
+    layers = hf_config.get("num_hidden_layers")
+    if layers is not None and args.pipeline_parallel_size > layers:
+        raise ValueError(f"pipeline_parallel_size must be in [1, {layers}] (the model's "
+                         f"num_hidden_layers), got {args.pipeline_parallel_size}")
     if args.pipeline_parallel_size > 1:
         if not getattr(model_cls, "supports_pipeline_parallel", False):
             raise ValueError(f"pipeline_parallel_size must be 1 for {model_cls.__name__}: it "

@@ -13,6 +13,7 @@ the rest (a survivor may be stuck in a collective with the dead rank).
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import shutil
 import socket
@@ -42,6 +43,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def worker_env(config: RunnerConfig) -> dict[str, str]:
+    """The environment of a local worker: the host's cores shared out between the ranks
+    (each rank's torch would otherwise start a thread per core, and the ranks of a CPU
+    engine would fight over them), unless the user set ``OMP_NUM_THREADS``."""
+    env = dict(os.environ)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    world = config.engine.parallel.world_size
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // world)))
+    return env
 
 
 class MultiprocExecutor(RemoteExecutor):
@@ -77,7 +89,7 @@ class MultiprocExecutor(RemoteExecutor):
         read, write = Pipe(duplex=False)
         fd = read.fileno()
         proc = subprocess.Popen([sys.executable, "-m", "llmserve.executor.worker", str(fd)],
-                                pass_fds=(fd,))
+                                pass_fds=(fd,), env=worker_env(init.config))
         read.close()
         write.send_bytes(pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL))
         write.close()
@@ -105,7 +117,7 @@ class MultiprocExecutor(RemoteExecutor):
         try:
             while ring.ready():
                 kind, value = ring.get()
-                if kind == "error":
+                if kind in ("error", "invalid"):
                     return value.strip().splitlines()[0]
         except Exception:  # noqa: BLE001 - a half-written reply: no detail to give
             pass
@@ -113,6 +125,10 @@ class MultiprocExecutor(RemoteExecutor):
 
     def _reply(self, rank: int, timeout_s: Optional[float] = None) -> Any:
         kind, value = self.responses[rank].get(check=self.check_workers, timeout_s=timeout_s)
+        if kind == "invalid":
+            self._dead = f"worker rank {rank}: {value}"
+            _stop(self.procs, None, ())
+            raise ValueError(value)
         if kind == "error":
             self._dead = f"worker rank {rank} failed: {value}"
             _stop(self.procs, None, ())

@@ -91,7 +91,9 @@ class WorkerLoop:
     Messages: ``("execute", SchedulerOutput)``, ``("sample", GrammarBitmask)``,
     ``("call", method, args)`` and ``("shutdown",)``. Replies: ``("output",
     ModelRunnerOutput)`` (the output rank only, one per "execute", in order) and
-    ``("result", value)`` (every rank, one per "call").
+    ``("result", value)`` (every rank, one per "call"). A rank that raises sends
+    ``("invalid", message)`` for a ``ValueError`` and ``("error", traceback)`` otherwise,
+    then exits.
 
     When a step's output is read follows the engine core: a step it keeps in flight
     (asynchronous scheduling, something scheduled) is read after the next step is launched;
@@ -182,8 +184,11 @@ def serve(init: WorkerInit) -> None:
         raise SystemExit(1)
     except BaseException as exc:  # noqa: BLE001 - reported to the engine, then exit
         logger.debug("worker rank %d failed", init.rank, exc_info=True)
+        # A ValueError is a bad setting for this model or machine: the engine re-raises it.
+        reply = (("invalid", str(exc)) if isinstance(exc, ValueError) else
+                 ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         try:
-            responses.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            responses.put(reply)
         except Exception:  # noqa: BLE001
             pass
         raise SystemExit(1)
