@@ -5,7 +5,7 @@ Each message is pickled once into slots of a ``multiprocessing.shared_memory`` b
 reader copies it out of the same bytes. The writer publishes a slot by advancing a sequence
 counter after writing it; each reader advances its own counter after reading, and the writer
 reuses a slot only once every reader has passed it. A message larger than a slot spans
-consecutive slots. Waiting is a short spin, then sleeps that grow to a millisecond, and a
+consecutive slots. Waiting yields the CPU for 2 ms, then sleeps that grow to 0.2 ms, and a
 ``check`` callback runs while waiting so that a dead peer raises instead of hanging.
 
 Layout: ``[write_seq][read_seq x readers]`` (8-byte counters), then the slots, each
@@ -17,6 +17,7 @@ not covered yet.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import time
@@ -25,10 +26,13 @@ from typing import Any, Callable, Optional
 
 _COUNTER = struct.Struct("<q")
 _SLOT_HEADER = struct.Struct("<qq")
-#: Spins before waiting starts to sleep, the longest sleep (seconds), and the longest once
-#: the wait has lasted ``_IDLE_AFTER_S`` (an idle engine then costs its workers ~nothing).
-_SPINS = 200
-_MAX_SLEEP_S = 0.001
+#: How long a wait yields the CPU between polls before it starts to sleep (a yield returns
+#: at once on an idle core, so a step's reply is seen within microseconds; on a busy host
+#: it hands the core to whoever computes), the longest sleep after that (seconds), and the
+#: longest once the wait has lasted ``_IDLE_AFTER_S`` (an idle engine costs its workers
+#: ~nothing).
+_YIELD_S = 0.002
+_MAX_SLEEP_S = 0.0002
 _IDLE_AFTER_S = 0.5
 _IDLE_SLEEP_S = 0.02
 #: How often a waiting side runs its ``check`` (seconds).
@@ -148,14 +152,16 @@ class ShmRing:
 
 def _wait(done: Callable[[], bool], check: Optional[Callable[[], None]],
           timeout_s: Optional[float] = None) -> None:
-    for _ in range(_SPINS):
-        if done():
-            return
+    if done():
+        return
     start = last_check = time.monotonic()
     sleep = 1e-5
     while not done():
-        time.sleep(sleep)
         now = time.monotonic()
+        if now - start < _YIELD_S:
+            os.sched_yield()
+            continue
+        time.sleep(sleep)
         sleep = min(sleep * 2, _MAX_SLEEP_S if now - start < _IDLE_AFTER_S else _IDLE_SLEEP_S)
         if check is not None and now - last_check >= _CHECK_EVERY_S:
             check()

@@ -11,6 +11,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Optional
 
+import torch
+
 from llmserve.executor import make_executor
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
@@ -51,8 +53,9 @@ class EngineCore:
                 cfg.speculative.method] if cfg.speculative is not None else None),
             model_classes=collect_registry(pm, "llmserve_model_architectures"))
         self.executor = make_executor(runner_config)
-        #: Where the model runs (rank 0's device when workers hold it).
-        self.device = getattr(self.runner, "device", None) or platform.device()
+        #: Where the model runs (the output rank's device when workers hold it); this process
+        #: touches no device it does not run on.
+        self.device = torch.device(self.executor.device_name())
         try:
             self._start_model(pm, cfg)
         except BaseException:

@@ -29,6 +29,10 @@ class Executor(ABC):
     runner = None
 
     @abstractmethod
+    def device_name(self) -> str:
+        """The torch device the output rank runs on ("cpu", "cuda:0")."""
+
+    @abstractmethod
     def load_model(self) -> None: ...
 
     @abstractmethod
@@ -75,6 +79,9 @@ class RemoteExecutor(Executor):
     @abstractmethod
     def _next_output(self) -> ModelRunnerOutput:
         """The output rank's next step output (waits for it)."""
+
+    def device_name(self) -> str:
+        return self._call("device_name")[output_rank(self.config)]
 
     def load_model(self) -> None:
         self._call("load_model")

@@ -14,6 +14,9 @@ class UniprocExecutor(Executor):
         self.worker.init_device(device_index(config, 0))
         self.runner = self.worker.runner
 
+    def device_name(self) -> str:
+        return self.worker.device_name()
+
     def load_model(self) -> None:
         self.worker.load_model()
 

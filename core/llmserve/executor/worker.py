@@ -57,6 +57,10 @@ class Worker:
                                  self.rank, self.platform.distributed_backend, init_method)
         self.runner = self.platform.model_runner_class()(self.config)
 
+    def device_name(self) -> str:
+        device = getattr(self.runner, "device", None)
+        return str(device if device is not None else self.platform.device())
+
     def load_model(self) -> None:
         self.runner.load_model()
 
