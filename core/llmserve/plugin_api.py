@@ -104,6 +104,7 @@ PLUGIN_API_MODULES: tuple[str, ...] = (
     "llmserve.layers.norm",           # RMSNorm
     "llmserve.layers.rotary",         # RotaryEmbedding, get_rope
     "llmserve.layers.activation",     # SiluAndMul
+    "llmserve.distributed.parallel_state",  # tensor/pipeline ranks and their collectives
     # Scheduling
     "llmserve.scheduler.policy",      # SchedulingPolicy, its context, feedback, options, metrics
     "llmserve.request",               # Request, SchedulingHints (read, never write)

@@ -126,3 +126,10 @@ def test_runner_waits_on_the_platform_event_of_every_sampled_step(tiny_models, a
     assert len(finished[0].outputs[0].token_ids) == 5
     # One prefill step and four decode steps each sampled once and were read once.
     assert [e.num_syncs for e in EventRecordingPlatform.events] == [1] * 5
+
+
+def test_select_device_takes_an_index_or_names_the_range():
+    CpuPlatform.select_device(3)  # the host has no device index: nothing to take
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device index must be in \[0, -1\]"):
+            GpuPlatform.select_device(0)

@@ -73,6 +73,9 @@ def check_platform_answers(platform: type[Platform]) -> None:
     assert platform.device_visibility_env is None or isinstance(
         platform.device_visibility_env, str), "device_visibility_env"
     if platform.is_available():
+        # Device 0 exists wherever the platform is available; taking it changes nothing
+        # the engine relies on (plugin API 1.7).
+        platform.select_device(0)
         cap = platform.device_capability()
         assert cap is None or (isinstance(cap, tuple) and len(cap) == 2), "device_capability"
         runner = platform.model_runner_class()
