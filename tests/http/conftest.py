@@ -7,7 +7,7 @@ from typing import Optional
 
 import httpx
 import pytest
-from http_helpers import API_KEY, SERVER_ARGS, Server
+from http_helpers import API_KEY, SERVER_ARGS, Server, running_server
 
 
 @pytest.fixture
@@ -28,12 +28,8 @@ def start_server(tmp_path):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    s = Server(SERVER_ARGS, tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        s.wait_ready()
+    with running_server(SERVER_ARGS, tmp_path_factory.mktemp("server")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import httpx
 
@@ -101,3 +102,14 @@ def metric(text: str, name: str, labels: str = "", default: Optional[float] = No
         return default
     assert found, f"{name} not in metrics"
     return total
+
+
+@contextmanager
+def running_server(args: list[str], log_dir: Path) -> Iterator[Server]:
+    """A started, healthy server for a ``with`` block (module- and session-scoped
+    fixtures); stopped however the block ends."""
+    server = Server(args, log_dir / "server.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()

@@ -16,7 +16,7 @@ import signal
 
 import httpx
 import pytest
-from http_helpers import SERVER_ARGS, Server, metric
+from http_helpers import SERVER_ARGS, Server, metric, running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.engine.data_parallel import (
@@ -33,12 +33,8 @@ HITS = "llmserve:prefix_cache_hits_total"
 
 @pytest.fixture(scope="module")
 def dp_server(tmp_path_factory):
-    s = Server(DP_ARGS, tmp_path_factory.mktemp("dp_server") / "server.log")
-    try:
-        s.wait_ready()
+    with running_server(DP_ARGS, tmp_path_factory.mktemp("dp_server")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def scrape(server: Server) -> str:
