@@ -136,3 +136,17 @@ def test_a_bad_setting_found_by_a_worker_is_a_value_error(tiny_models):
 def test_bad_parallel_settings_are_named(kwargs, message, tiny_models):
     with pytest.raises(ValueError, match=message):
         _parallel(tiny_models["LlamaForCausalLM"], **kwargs)
+
+
+def test_speculative_decoding_across_ranks():
+    """The draft model is split across the ranks like its target; verification keeps the
+    target's greedy tokens."""
+    prompts = ["The list type", "Functions are defined with def", "A dictionary maps"]
+    spec = {"method": "draft_model", "num_speculative_tokens": 3}
+    one = LLM(max_model_len=256)
+    two = LLM(max_model_len=256, tensor_parallel_size=2, kv_cache_memory=16 << 20,
+              speculative_config=spec)
+    assert _tokens(two, prompts) == _tokens(one, prompts)
+    stats = two.llm_engine.core.scheduler.make_stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    assert stats["spec_decode_num_accepted_tokens"] > 0

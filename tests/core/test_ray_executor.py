@@ -50,9 +50,14 @@ LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "0000:0000:0000:0000:0000:0000:0000
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    # Ray reads the switch when it is first imported; another test may have imported it
+    # already, so the constant is set too. Ray's own processes inherit the variable.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     before = _listening()
     import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              object_store_memory=80 << 20)

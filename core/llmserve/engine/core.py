@@ -11,8 +11,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Optional
 
-import torch
-
 from llmserve.executor import make_executor
 from llmserve.request import EngineCoreOutput, EngineCoreRequest, Request, RequestStatus
 from llmserve.kv_cache.manager import KVCacheManager
@@ -55,6 +53,8 @@ class EngineCore:
         self.executor = make_executor(runner_config)
         #: Where the model runs (the output rank's device when workers hold it); this process
         #: touches no device it does not run on.
+        import torch  # only for the device's name: the core itself stays framework-free
+
         self.device = torch.device(self.executor.device_name())
         try:
             self._start_model(pm, cfg)

@@ -81,6 +81,10 @@ class EagerReplayPlatform(CpuPlatform, GpuPlatform):
         return torch.device("cpu")
 
     @classmethod
+    def select_device(cls, index: int) -> None:
+        pass  # the host: no device to take
+
+    @classmethod
     def synchronize(cls) -> None:
         pass
 
