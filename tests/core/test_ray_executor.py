@@ -106,6 +106,15 @@ def test_tensor_parallel_through_ray_matches_one_rank(ray_cluster, tiny_models):
     executor.shutdown()
 
 
+def test_a_bad_setting_a_ray_rank_finds_is_a_value_error(ray_cluster, tiny_models):
+    """The tiny models' 4 query heads do not split over 3 ranks: the actors find out while
+    building their layers, and the caller gets their ValueError, as with local workers."""
+    with pytest.raises(ValueError, match="not divisible by the tensor-parallel size 3"):
+        LLM(tiny_models["LlamaForCausalLM"], dtype="float32", max_model_len=256,
+            kv_cache_memory=16 << 20, tensor_parallel_size=3,
+            distributed_executor_backend="ray")
+
+
 def test_ray_missing_is_named(monkeypatch, tiny_models):
     import builtins
 

@@ -140,8 +140,9 @@ def output_rank(config: RunnerConfig) -> int:
     return (parallel.pipeline_parallel_size - 1) * parallel.tensor_parallel_size
 
 
-def make_executor(config: RunnerConfig, backend: Optional[str] = None) -> Executor:
-    backend = backend or config.engine.parallel.distributed_executor_backend
+def make_executor(config: RunnerConfig) -> Executor:
+    """The executor ``config.engine.parallel.distributed_executor_backend`` names."""
+    backend = config.engine.parallel.distributed_executor_backend
     if backend == "uni":
         from llmserve.executor.uniproc import UniprocExecutor
 

@@ -16,7 +16,6 @@ import logging
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,6 @@ logger = logging.getLogger(__name__)
 #: runner), and to exit after "shutdown" before it is killed.
 START_TIMEOUT_S = 300.0
 EXIT_TIMEOUT_S = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on at ``host`` now (the ranks' rendezvous)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def worker_env(config: RunnerConfig) -> dict[str, str]:
@@ -105,12 +97,9 @@ class MultiprocExecutor(RemoteExecutor):
             code = proc.poll()
             if code is not None:
                 detail = self._last_error(rank)
-                self._dead = (f"worker rank {rank} (pid {proc.pid}) exited with code {code}"
-                              + (f": {detail}" if detail else "")
-                              + "; the engine cannot continue")
-                logger.error("%s", self._dead)
-                _stop(self.procs, None, ())
-                raise WorkerDiedError(self._dead)
+                raise WorkerDiedError(self._fail(
+                    f"worker rank {rank} (pid {proc.pid}) exited with code {code}"
+                    + (f": {detail}" if detail else "") + "; the engine cannot continue"))
 
     def _last_error(self, rank: int) -> Optional[str]:
         ring = self.responses[rank]
@@ -126,14 +115,19 @@ class MultiprocExecutor(RemoteExecutor):
     def _reply(self, rank: int, timeout_s: Optional[float] = None) -> Any:
         kind, value = self.responses[rank].get(check=self.check_workers, timeout_s=timeout_s)
         if kind == "invalid":
-            self._dead = f"worker rank {rank}: {value}"
-            _stop(self.procs, None, ())
+            self._fail(f"worker rank {rank}: {value}")
             raise ValueError(value)
         if kind == "error":
-            self._dead = f"worker rank {rank} failed: {value}"
-            _stop(self.procs, None, ())
-            raise WorkerDiedError(self._dead)
+            raise WorkerDiedError(self._fail(f"worker rank {rank} failed: {value}"))
         return value
+
+    def _fail(self, reason: str) -> str:
+        """Mark the engine dead for ``reason`` and kill the surviving ranks (one may be stuck
+        in a collective with the failed one); returns the reason."""
+        self._dead = reason
+        logger.error("%s", reason)
+        _kill(self.procs)
+        return reason
 
     # ---- calls ---------------------------------------------------------------------------
 
@@ -157,23 +151,24 @@ class MultiprocExecutor(RemoteExecutor):
         self._finalizer()
 
 
-def _stop(procs: list, messages: Optional[ShmRing], responses,
-          rendezvous: Optional[str] = None) -> None:
-    """Free the rings after giving workers that were told to stop a moment to exit; without
-    rings to free (a rank died), kill the survivors at once."""
+def _kill(procs: list) -> None:
     for proc in procs:
-        if messages is not None:
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if messages is not None:
-        messages.close()
-        for ring in responses:
-            ring.close()
-    if rendezvous is not None:
-        shutil.rmtree(rendezvous, ignore_errors=True)
+
+
+def _stop(procs: list, messages: ShmRing, responses: list, rendezvous: str) -> None:
+    """Give workers a moment to exit (after "shutdown"), kill the rest, free the rings and
+    the rendezvous."""
+    for proc in procs:
+        try:
+            proc.wait(EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    _kill(procs)
+    messages.close()
+    for ring in responses:
+        ring.close()
+    shutil.rmtree(rendezvous, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections import deque
 from typing import Any, Optional
@@ -42,6 +43,14 @@ def _import_ray():
     return ray
 
 
+def free_port(host: str) -> int:
+    """A port nothing listens on at ``host`` now (the rendezvous of ranks on several
+    machines)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 class RayWorker:
     """The actor body: one rank's ``Worker`` behind a ``WorkerLoop``."""
 
@@ -54,8 +63,6 @@ class RayWorker:
         """This node's address and a free port on it (rank 0's is the rendezvous of ranks
         on several machines)."""
         import ray
-
-        from llmserve.executor.multiproc import free_port
 
         address = ray.util.get_node_ip_address()
         return address, free_port(address)
@@ -124,6 +131,11 @@ class RayExecutor(RemoteExecutor):
             return ray.get(refs, timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise WorkerDiedError(f"{what} within {timeout_s:.0f} s") from None
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ValueError):  # a bad setting a rank found: as in `mp`
+                self._dead = f"a Ray worker: {exc.cause}"
+                raise ValueError(str(exc.cause)) from None
+            raise self._died(exc) from None
         except ray.exceptions.RayError as exc:
             raise self._died(exc) from None
 
