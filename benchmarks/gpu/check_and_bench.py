@@ -37,17 +37,22 @@ def log(out_dir: str, line: str) -> None:
         f.write(line + "\n")
 
 
-def check_kernels(out_dir: str) -> dict:
+def check_kernels(out_dir: str, platform=None, attention_backend=None, label: str = "kernels"
+                  ) -> dict:
+    """``platform``'s layer ops and ``attention_backend`` (default: the CUDA platform's and
+    the Triton backend) against the torch reference."""
     import torch
 
     from llmserve.attention.backend import AttentionMetadata
     from llmserve.attention.torch_ref import TorchPagedAttention
     from llmserve.layers.ops import TORCH_OPS
-    from llmserve_nvidia.platform import CudaPlatform
 
-    ops = CudaPlatform.layer_ops()
+    if platform is None:
+        from llmserve_nvidia.platform import CudaPlatform as platform
+    if attention_backend is None:
+        from llmserve_triton.backend import TritonPagedAttention as attention_backend
+    ops = platform.layer_ops()
     backends = {}
-    from llmserve_triton.backend import TritonPagedAttention
 
     torch.manual_seed(0)
     dev, dt = "cuda", torch.bfloat16
@@ -74,8 +79,8 @@ def check_kernels(out_dir: str) -> dict:
 
     # Paged attention on a mixed batch: two prefill chunks with cached context, decodes.
     heads, kv_heads, d, bs = 32, 8, 128, 16
-    q_lens = [37, 1, 1, 64, 1, 1]
-    ctx_lens = [100, 900, 17, 0, 3000, 5]
+    q_lens = [37, 1, 1, 64, 1, 1, 200]
+    ctx_lens = [100, 900, 17, 0, 3000, 5, 0]
     seq_lens = [c + q for c, q in zip(ctx_lens, q_lens)]
     num_blocks = sum(-(-s // bs) for s in seq_lens) + 4
     perm = torch.randperm(num_blocks, device=dev)
@@ -103,7 +108,7 @@ def check_kernels(out_dir: str) -> dict:
     vv = torch.randn(T, kv_heads, d, device=dev, dtype=dt)
     cache = torch.randn(2, num_blocks, bs, kv_heads, d, device=dev, dtype=dt)
     outs = {}
-    for name, cls in (("torch", TorchPagedAttention), ("triton", TritonPagedAttention)):
+    for name, cls in (("torch", TorchPagedAttention), ("triton", attention_backend)):
         md = AttentionMetadata(**md_args)
         cls.prepare(md)
         c = cache.clone()
@@ -114,7 +119,7 @@ def check_kernels(out_dir: str) -> dict:
     bitmask_rows = check_token_bitmask(ops.apply_token_bitmask, TORCH_OPS.apply_token_bitmask,
                                        dev, cuda_us_per_call)
     report["token_bitmask_equal"] = all(r["equal"] for r in bitmask_rows)
-    log(out_dir, "kernels " + json.dumps(report))
+    log(out_dir, f"{label} " + json.dumps(report))
     log_bitmask_table(out_dir, bitmask_rows)
     return report
 
@@ -188,6 +193,11 @@ PARITY_MODELS = {"LlamaForCausalLM": {}, "Qwen2ForCausalLM": {}}
 WINDOW_MODELS = {"MistralForCausalLM": {"sliding_window": 200}}
 
 
+def captured_graphs(runner) -> int:
+    """How many decode graphs a ``GraphModelRunner`` captured (0 for an eager runner)."""
+    return sum(len(s.graphs) for s in getattr(runner, "graph_sets", {}).values())
+
+
 def parity(out_dir: str, dtype: str = "bfloat16", models=None, **engine_kwargs) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -209,7 +219,7 @@ def parity(out_dir: str, dtype: str = "bfloat16", models=None, **engine_kwargs) 
                   **({"gpu_memory_utilization": 0.5} | engine_kwargs))
         params = SamplingParams(temperature=0, max_tokens=32, logprobs=5, ignore_eos=True)
         ours = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
-        graphs = len(getattr(llm.llm_engine.core.runner, "graphs", {}))
+        graphs = captured_graphs(llm.llm_engine.core.runner)
         del llm
         gc.collect()
         torch.cuda.empty_cache()

@@ -27,7 +27,7 @@ wrong type from a third-party plugin is logged and skipped (its other entries st
 from the core's defaults raises ``TypeError``. The classes named in the annotations are part of
 the plugin API (``llmserve.plugin_api``).
 
-**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.6"``) versions this catalogue and the
+**Versions.** ``llmserve.PLUGIN_API_VERSION`` (``"1.8"``) versions this catalogue and the
 modules of ``llmserve.plugin_api`` semantically. A plugin declares the range it supports on its
 entry-point module, ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``; outside that range it is skipped with
 a warning, and without a declaration it loads with a warning.

@@ -17,7 +17,7 @@ PROJECT_NAME = "llmserve"
 #: semantically and independently of the package: the minor number grows when something is
 #: added or deprecated, the major number when something deprecated is removed or a contract
 #: changes incompatibly.
-PLUGIN_API_VERSION = "1.7"
+PLUGIN_API_VERSION = "1.8"
 
 #: Module attribute of a plugin's entry-point module that declares the range of plugin API
 #: versions it supports, as a PEP 440 specifier: ``LLMSERVE_PLUGIN_API = ">=1.0,<2"``.

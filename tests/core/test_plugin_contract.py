@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGIN_PACKAGES = {
     "llmserve_triton": REPO / "plugins" / "kernels_triton",
     "llmserve_nvidia": REPO / "plugins" / "hardware_nvidia",
+    "llmserve_amd": REPO / "plugins" / "hardware_amd",
     "llmserve_schedulers": REPO / "plugins" / "schedulers",
 }
 
@@ -292,7 +293,7 @@ def test_loader_reads_context_flags_through_the_protocol(tmp_path):
 
 
 def test_plugin_api_version_is_exported():
-    assert llmserve.PLUGIN_API_VERSION == "1.7" == plugin_api.PLUGIN_API_VERSION
+    assert llmserve.PLUGIN_API_VERSION == "1.8" == plugin_api.PLUGIN_API_VERSION
     assert "PLUGIN_API_VERSION" in llmserve.__all__
 
 
@@ -363,10 +364,10 @@ def test_plugins_outside_their_declared_range_are_skipped(versioned_env):
     assert loaded == ["current", "undeclared"]
     assert set(out["skipped"]) == {"future", "garbled"}
     assert out["skipped"]["future"] == ("it supports plugin API '>=2.0' and this llmserve "
-                                        "provides plugin API 1.7")
+                                        "provides plugin API 1.8")
     assert out["skipped"]["garbled"] == ("LLMSERVE_PLUGIN_API = 'version one or later' is not "
                                          "a version range such as '>=1.0,<2'")
-    assert re.search(r"plugin 'future' was skipped: .*'>=2.0'.*plugin API 1.7", stderr)
+    assert re.search(r"plugin 'future' was skipped: .*'>=2.0'.*plugin API 1.8", stderr)
     # Loaded plugins' wrong entries go; their right ones stay.
     assert out["policies"] == ["current-policy", "fcfs", "priority", "undeclared-policy"]
     assert stderr.count("entry 'not-a-policy' is class builtins.dict") == 2
@@ -377,7 +378,7 @@ def test_plugin_without_a_declaration_loads_with_a_warning(versioned_env):
     assert "undeclared" in out["names"] and out["skipped"] == {}
     [warning] = [line for line in stderr.splitlines() if "declares no" in line]
     assert "'undeclared' declares no LLMSERVE_PLUGIN_API" in warning
-    assert warning.endswith("loading it with plugin API 1.7")
+    assert warning.endswith("loading it with plugin API 1.8")
     _, quiet = versioned_env.run_script(DISCOVER, plugins="current")
     assert "declares no" not in quiet
 

@@ -3,8 +3,9 @@
 - ``interpret``: kernel numerics under the Triton interpreter. ``TRITON_INTERPRET=1`` is set
   here, at conftest import, before any test module imports a kernel (``triton.jit`` reads it
   when a kernel is defined). Runs ``test_triton_numerics_*.py`` and ``test_triton_plugin.py``.
-- ``compile``: ahead-of-time compilation for sm_80, sm_90, gfx942 and gfx950. The interpreter
-  must be off. Runs ``test_triton_compile.py``.
+- ``compile``: ahead-of-time compilation for sm_80 and sm_90 (the default tuning) and gfx942
+  and gfx950 (the AMD plugin's tunings). The interpreter must be off. Runs
+  ``test_triton_compile*.py``.
 
 Unset (the main test run), nothing here is collected and triton is never imported.
 See ``run_triton_tests.sh``.

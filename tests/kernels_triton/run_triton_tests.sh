@@ -2,7 +2,8 @@
 # Runs the Triton tests, each stage in its own pytest process
 # (see tests/kernels_triton/conftest.py):
 #   interpret  kernel numerics under TRITON_INTERPRET=1 against the torch reference
-#   compile    ahead-of-time compilation for sm_80, sm_90, gfx942, gfx950 (interpreter off)
+#   compile    ahead-of-time compilation for sm_80, sm_90 and, with the AMD tunings, gfx942,
+#              gfx950 (interpreter off)
 # Usage: tests/kernels_triton/run_triton_tests.sh [interpret|compile|all] [extra pytest args...]
 # Needs, on top of the core's test install: pip install triton numpy -e ./plugins/kernels_triton
 set -euo pipefail

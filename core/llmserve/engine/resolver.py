@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -60,7 +61,15 @@ def _unimplemented(platform: type[Platform]) -> list[str]:
     return sorted(getattr(platform, "__abstractmethods__", ()))
 
 
+#: Names the platform to run whatever the hardware, for testing one vendor's code path on
+#: another's device (see ``Platform.can_run_forced``); ``device="auto"`` then means it.
+FORCED_PLATFORM_ENV = "LLMSERVE_PLATFORM"
+
+
 def select_platform(pm, device: str) -> type[Platform]:
+    """The platform ``device`` names ("auto", a platform name, or a torch device type such
+    as "cuda", which several platforms may share: the available one of highest priority
+    wins), or the one ``LLMSERVE_PLATFORM`` forces."""
     platforms: list[type[Platform]] = []
     broken: dict[type[Platform], list[str]] = {}
     for p in collect_list(pm, "llmserve_platforms"):
@@ -71,12 +80,17 @@ def select_platform(pm, device: str) -> type[Platform]:
                            p.__qualname__, ", ".join(missing))
         else:
             platforms.append(p)
+    forced = os.environ.get(FORCED_PLATFORM_ENV)
+    if forced:
+        return _forced_platform(platforms, forced, device)
     if device != "auto":
-        for p in platforms:
-            if device in (p.name, p.device_type):
-                if not p.is_available():
-                    raise ValueError(f"device {device!r} is not available on this machine")
-                return p
+        matches = [p for p in platforms if device in (p.name, p.device_type)]
+        if matches:
+            available = [p for p in matches if p.is_available()]
+            if not available:
+                raise ValueError(f"device {device!r} is not available on this machine")
+            named = [p for p in available if p.name == device]
+            return named[0] if named else max(available, key=lambda p: p.priority)
         for p, missing in broken.items():
             if device in (p.name, p.device_type):
                 raise ValueError(f"platform {p.name!r} ({p.__module__}.{p.__qualname__}) does "
@@ -87,6 +101,26 @@ def select_platform(pm, device: str) -> type[Platform]:
     if not available:
         raise RuntimeError("no platform is available (not even the CPU)")
     return max(available, key=lambda p: p.priority)
+
+
+def _forced_platform(platforms: list[type[Platform]], forced: str,
+                     device: str) -> type[Platform]:
+    by_name = {p.name: p for p in platforms}
+    platform = by_name.get(forced)
+    if platform is None:
+        raise ValueError(f"{FORCED_PLATFORM_ENV} must name an installed platform, one of "
+                         f"{sorted(by_name)}, got {forced!r}")
+    if device not in ("auto", platform.name, platform.device_type):
+        raise ValueError(f"device {device!r} contradicts {FORCED_PLATFORM_ENV}={forced!r}: "
+                         f"pass device='auto' or {forced!r}, or unset {FORCED_PLATFORM_ENV}")
+    if platform.is_available():
+        return platform
+    if not platform.can_run_forced():
+        raise ValueError(f"{FORCED_PLATFORM_ENV}={forced!r}: platform {forced!r} is not "
+                         f"available on this machine and cannot run its code path here")
+    logger.warning("%s=%s: running platform %r's code path on hardware it was not built for "
+                   "(for testing)", FORCED_PLATFORM_ENV, forced, forced)
+    return platform
 
 
 def resolve_engine(args: EngineArgs, pm) -> ResolvedEngine:

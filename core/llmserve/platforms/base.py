@@ -36,7 +36,8 @@ class Platform(ABC):
     """Base class for hardware platforms; subclasses are contributed by plugins.
 
     The engine asks every registered platform ``is_available()`` and takes the available one
-    with the highest ``priority`` unless the user names one with ``device=``. Platforms are
+    with the highest ``priority`` unless the user names one with ``device=`` (or the
+    environment variable ``LLMSERVE_PLATFORM`` forces one, see ``can_run_forced``). Platforms are
     used as classes, never instantiated: every member is a class attribute or classmethod.
     The defaults describe a device that runs in step with the host (the CPU); accelerator
     platforms override what differs (see ``llmserve.platforms.gpu.GpuPlatform``).
@@ -70,6 +71,15 @@ class Platform(ABC):
     def is_available(cls) -> bool:
         """Whether this machine has the platform's hardware and software (cheap; no device
         memory is allocated)."""
+
+    @classmethod
+    def can_run_forced(cls) -> bool:
+        """Whether this platform's code path can run on this machine although
+        ``is_available()`` says its hardware is absent (e.g. the ROCm path on a CUDA GPU:
+        same ``torch.cuda`` API, another vendor). Asked only when ``LLMSERVE_PLATFORM`` names
+        the platform, so its code path can be tested end to end without its hardware.
+        Cheap, like ``is_available``. Added in plugin API 1.8."""
+        return False
 
     @classmethod
     def device(cls) -> torch.device:

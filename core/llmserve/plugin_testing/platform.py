@@ -68,6 +68,7 @@ def check_platform_answers(platform: type[Platform]) -> None:
     assert issubclass(platform, Platform), f"{platform!r} is not a Platform subclass"
     assert isinstance(platform.name, str) and platform.name, "name"
     assert isinstance(platform.is_available(), bool), "is_available() must return a bool"
+    assert isinstance(platform.can_run_forced(), bool), "can_run_forced() must return a bool"
     assert isinstance(platform.priority, int), "priority"
     assert isinstance(platform.distributed_backend, str), "distributed_backend"
     assert platform.device_visibility_env is None or isinstance(

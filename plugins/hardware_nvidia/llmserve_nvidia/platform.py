@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from llmserve.layers.ops import TORCH_OPS, LayerOps
+from llmserve.layers.ops import LayerOps
 from llmserve.platforms.gpu import GpuPlatform
 
 
@@ -42,8 +42,6 @@ class CudaPlatform(GpuPlatform):
 
     @classmethod
     def layer_ops(cls) -> LayerOps:
-        from llmserve_triton.ops import apply_token_bitmask, rms_norm, rotary, silu_and_mul
+        from llmserve_triton.ops import layer_ops
 
-        return TORCH_OPS.replace("triton", rms_norm=rms_norm, rotary=rotary,
-                                 silu_and_mul=silu_and_mul,
-                                 apply_token_bitmask=apply_token_bitmask)
+        return layer_ops()

@@ -25,11 +25,13 @@ from llmserve_triton.kernels.attention import (
     plan_num_splits,
 )
 from llmserve_triton.kernels.cache import reshape_and_cache
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 
 @dataclass
 class _StepState:
     target_programs: int
+    tuning: KernelTuning
     #: (num_kv_heads, queries per kv head, head_dim, sliding_window) -> split factor; layers
     #: of one model share a shape, so the plan is computed once per step and kind of layer.
     num_splits: dict[tuple[int, int, int, int | None], int] = field(default_factory=dict)
@@ -42,6 +44,13 @@ class TritonPagedAttention(AttentionBackend):
     #: Programs the split-KV planner aims for; ``None``: two per SM on a GPU, never split on
     #: CPU. A platform plugin (or a test) may set it on a subclass.
     target_programs: ClassVar[int | None] = None
+
+    @classmethod
+    def kernel_tuning(cls) -> KernelTuning:
+        """The launch configuration of this backend's kernels. A platform plugin whose
+        hardware wants another contributes a subclass that answers with its own (read once
+        per step, so it may depend on the device found at start-up)."""
+        return DEFAULT_TUNING
 
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
                  sliding_window: int | None = None) -> None:
@@ -65,18 +74,20 @@ class TritonPagedAttention(AttentionBackend):
         target = cls.target_programs
         if target is None:
             target = default_target_programs(md.query_start_loc.device)
-        md.backend_state = _StepState(target)
+        md.backend_state = _StepState(target, cls.kernel_tuning())
+
+    def _step_state(self, md: AttentionMetadata) -> _StepState:
+        if not isinstance(md.backend_state, _StepState):
+            type(self).prepare(md)
+        return md.backend_state
 
     def _num_splits(self, md: AttentionMetadata) -> int:
-        st = md.backend_state
-        if not isinstance(st, _StepState):
-            type(self).prepare(md)
-            st = md.backend_state
+        st = self._step_state(md)
         qpk = self.num_heads // self.num_kv_heads
         key = (self.num_kv_heads, qpk, self.head_dim, self.sliding_window)
         splits = st.num_splits.get(key)
         if splits is None:
-            cfg = attention_config(md.max_query_len, qpk, self.head_dim)
+            cfg = attention_config(md.max_query_len, qpk, self.head_dim, st.tuning)
             splits = st.num_splits[key] = plan_num_splits(
                 md.num_tokens, md.num_seqs, md.max_seq_len, self.num_kv_heads, cfg,
                 st.target_programs, self.sliding_window)
@@ -91,8 +102,10 @@ class TritonPagedAttention(AttentionBackend):
             v = v.contiguous()
         if q.stride(-1) != 1:
             q = q.contiguous()
-        reshape_and_cache(k, v, key_cache, value_cache, md.slot_mapping)
+        tuning = self._step_state(md).tuning
+        reshape_and_cache(k, v, key_cache, value_cache, md.slot_mapping, tuning=tuning)
         return paged_attention(
             q, key_cache, value_cache, md.block_tables, md.seq_lens, md.query_start_loc,
             max_query_len=md.max_query_len, max_seq_len=md.max_seq_len, scale=self.scale,
-            sliding_window=self.sliding_window, num_splits=self._num_splits(md))
+            sliding_window=self.sliding_window, num_splits=self._num_splits(md),
+            tuning=tuning)

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 BLOCK = 1024
 
@@ -30,11 +31,12 @@ def _block(d: int) -> int:
     return min(BLOCK, next_power_of_2(d))
 
 
-def _num_warps(block: int) -> int:
-    return 4 if block >= 512 else 1
+def _num_warps(block: int, tuning: KernelTuning) -> int:
+    return tuning.warps(128 if block >= 512 else 32)
 
 
-def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None, *,
+                 tuning: KernelTuning = DEFAULT_TUNING) -> torch.Tensor:
     """x: [..., 2d] -> [..., d] in x's dtype."""
     check_float("x", x)
     two_d = x.shape[-1]
@@ -50,13 +52,14 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     if x2.shape[0] and d:
         block = _block(d)
         silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
-            x2, o2, x2.stride(0), o2.stride(0), d, BLOCK=block, num_warps=_num_warps(block))
+            x2, o2, x2.stride(0), o2.stride(0), d, BLOCK=block,
+            num_warps=_num_warps(block, tuning))
     return out
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     types = {"x_ptr": ptr(dtype), "out_ptr": ptr(dtype), "stride_x": "i32", "stride_o": "i32",
              "d": "i32"}
     return [AotSpec(silu_and_mul_kernel, types, {"BLOCK": _block(d)},
-                    num_warps=_num_warps(_block(d)), label=f"d{d}")
+                    num_warps=_num_warps(_block(d), tuning), label=f"d{d}")
             for d in (14336, 64)]

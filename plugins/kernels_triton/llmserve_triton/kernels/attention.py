@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning, launch_backend
 
 #: Largest head size the kernels are built for; larger sizes raise ``ValueError``.
 MAX_HEAD_DIM = 256
@@ -209,20 +210,23 @@ class AttentionConfig:
     num_warps: int
 
 
-def attention_config(max_query_len: int, num_queries_per_kv: int, head_dim: int
-                     ) -> AttentionConfig:
+def attention_config(max_query_len: int, num_queries_per_kv: int, head_dim: int,
+                     tuning: KernelTuning = DEFAULT_TUNING) -> AttentionConfig:
     """Decode-like batches (every sequence's queries fit one minimal q-block) get the smallest
     query tile; batches with a prefill chunk get taller tiles so each K/V tile is reused by
-    more queries."""
+    more queries. How tall and how wide is the ``tuning``'s."""
     head_dim_p = padded_head_dim(head_dim)
     base_m = max(16, next_power_of_2(num_queries_per_kv))
     if max_query_len * num_queries_per_kv <= base_m:
-        block_m, tile_n = base_m, 32
+        block_m, tile_n = base_m, tuning.decode_tile_n
     else:
-        block_m = max(base_m, 64 if head_dim_p <= 128 else 32)
-        tile_n = 64 if head_dim_p <= 64 else 32
+        block_m = max(base_m, tuning.prefill_block_m if head_dim_p <= 128
+                      else tuning.prefill_block_m_wide_head)
+        tile_n = (tuning.prefill_tile_n_narrow_head if head_dim_p <= 64
+                  else tuning.prefill_tile_n)
     return AttentionConfig(block_m, block_m // num_queries_per_kv, tile_n,
-                           num_warps=8 if block_m >= 128 else 4)
+                           num_warps=tuning.attention_warps_tall if block_m >= 128
+                           else tuning.attention_warps)
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -279,7 +283,8 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
                     query_start_loc: torch.Tensor, *, max_query_len: int, max_seq_len: int,
                     scale: float, sliding_window: int | None = None,
                     num_splits: int | None = None, target_programs: int | None = None,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None,
+                    tuning: KernelTuning = DEFAULT_TUNING) -> torch.Tensor:
     """Causal attention of the flat batch's queries over each sequence's paged K/V.
 
     q: [T, H, D]; key_cache, value_cache: [num_blocks, block_size, KVH, D] (same strides);
@@ -288,8 +293,9 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
     (no sync). ``sliding_window``: a query at position p sees keys p - sliding_window < k <= p,
     and nothing behind the window (K/V or block-table entry) is read; ``None`` attends to the
     whole sequence. ``num_splits`` forces a split-KV factor (a power of two); ``None`` plans one
-    from ``target_programs`` (default: two per SM on a GPU, never on CPU). Returns [T, H, D]
-    in q's dtype (or writes ``out``). The new tokens' K/V must already be in the cache.
+    from ``target_programs`` (default: two per SM on a GPU, never on CPU). ``tuning`` picks
+    the launch configuration. Returns [T, H, D] in q's dtype (or writes ``out``). The new
+    tokens' K/V must already be in the cache.
     """
     check_float("q", q)
     num_tokens, num_heads, head_dim = q.shape
@@ -309,7 +315,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
     if num_tokens == 0 or num_seqs == 0:
         return out
     qpk = num_heads // num_kv_heads
-    cfg = attention_config(max_query_len, qpk, head_dim)
+    cfg = attention_config(max_query_len, qpk, head_dim, tuning)
     if num_splits is None:
         if target_programs is None:
             target_programs = default_target_programs(q.device)
@@ -326,6 +332,8 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = _dummy_fp32(q.device)
+    backend = launch_backend(q.device)
+    options = tuning.attention_compile_options(backend) if backend else {}
     grid = (num_tokens // cfg.block_q + num_seqs, num_kv_heads, num_splits)
     paged_attention_kernel[grid](
         out, q, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
@@ -334,13 +342,13 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         block_size,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, **options,
         **_attention_constexprs(cfg, qpk, head_dim, num_splits, q.dtype, sliding_window),
     )
     if num_splits > 1:
         reduce_splits_kernel[(num_tokens, num_heads)](
             out, part_out, part_max, part_sum, num_heads, out.stride(0), out.stride(1),
-            num_warps=_reduce_num_warps(head_dim_p),
+            num_warps=_reduce_num_warps(head_dim_p, tuning),
             **_reduce_constexprs(head_dim, num_splits),
         )
     return out
@@ -367,8 +375,8 @@ def _reduce_constexprs(head_dim: int, num_splits: int) -> dict:
             "NUM_SPLITS": num_splits}
 
 
-def _reduce_num_warps(head_dim_p: int) -> int:
-    return 2 if head_dim_p >= 128 else 1
+def _reduce_num_warps(head_dim_p: int, tuning: KernelTuning) -> int:
+    return tuning.warps(64 if head_dim_p >= 128 else 32)
 
 
 #: (num_heads, num_kv_heads, head_dim) of the shapes the compile tests build: Llama-3-8B,
@@ -378,9 +386,11 @@ AOT_SHAPES = ((32, 8, 128), (14, 2, 64), (4, 4, 24))
 AOT_SLIDING_WINDOWS = (None, 4096)
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     """Decode and prefill configs for each shape in ``AOT_SHAPES``, split and unsplit, with
-    full attention and each window in ``AOT_SLIDING_WINDOWS``."""
+    full attention and each window in ``AOT_SLIDING_WINDOWS``, as ``tuning`` launches them on
+    its own backend."""
+    options = tuning.attention_compile_options(tuning.backend or "cuda")
     specs = []
     types = {n: "i32" for n in paged_attention_kernel.arg_names}
     types.update(out_ptr=ptr(dtype), q_ptr=ptr(dtype), key_cache_ptr=ptr(dtype),
@@ -393,16 +403,16 @@ def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
     for num_heads, num_kv_heads, head_dim in AOT_SHAPES:
         qpk = num_heads // num_kv_heads
         for phase, max_query_len, splits in (("decode", 1, 8), ("prefill", 512, 1)):
-            cfg = attention_config(max_query_len, qpk, head_dim)
+            cfg = attention_config(max_query_len, qpk, head_dim, tuning)
             for num_splits in sorted({1, splits}):
                 for window in AOT_SLIDING_WINDOWS:
                     specs.append(AotSpec(
                         paged_attention_kernel, types,
                         _attention_constexprs(cfg, qpk, head_dim, num_splits, dtype, window),
-                        num_warps=cfg.num_warps,
+                        num_warps=cfg.num_warps, options=options,
                         label=f"h{num_heads}-kvh{num_kv_heads}-d{head_dim}-{phase}"
                               f"-split{num_splits}" + (f"-window{window}" if window else "")))
         specs.append(AotSpec(reduce_splits_kernel, reduce_types, _reduce_constexprs(head_dim, 8),
-                             num_warps=_reduce_num_warps(padded_head_dim(head_dim)),
+                             num_warps=_reduce_num_warps(padded_head_dim(head_dim), tuning),
                              label=f"reduce-d{head_dim}-split8"))
     return specs

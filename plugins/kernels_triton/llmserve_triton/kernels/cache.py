@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 
 @triton.jit
@@ -49,12 +50,13 @@ def _constexprs(num_kv_heads: int, head_dim: int) -> dict:
             "KV_HEADS_P": next_power_of_2(num_kv_heads), "HEAD_DIM_P": next_power_of_2(head_dim)}
 
 
-def _num_warps(num_kv_heads: int, head_dim: int) -> int:
-    return 4 if num_kv_heads * head_dim >= 1024 else 1
+def _num_warps(num_kv_heads: int, head_dim: int, tuning: KernelTuning) -> int:
+    return tuning.warps(128 if num_kv_heads * head_dim >= 1024 else 32)
 
 
 def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-                      value_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+                      value_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
+                      tuning: KernelTuning = DEFAULT_TUNING) -> None:
     """key, value: [T, KVH, D]; key_cache, value_cache: [num_blocks, block_size, KVH, D] with
     the same strides; slot_mapping: [T] int32/int64. Writes in place."""
     check_float("key", key)
@@ -75,17 +77,17 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         key_cache.shape[1],
-        num_warps=_num_warps(num_kv_heads, head_dim),
+        num_warps=_num_warps(num_kv_heads, head_dim, tuning),
         **_constexprs(num_kv_heads, head_dim),
     )
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     specs = []
     for kvh, d in ((8, 128), (2, 64)):
         types = {n: "i32" for n in reshape_and_cache_kernel.arg_names}
         types.update(key_ptr=ptr(dtype), value_ptr=ptr(dtype), key_cache_ptr=ptr(dtype),
                      value_cache_ptr=ptr(dtype), slot_mapping_ptr="*i64")
         specs.append(AotSpec(reshape_and_cache_kernel, types, _constexprs(kvh, d),
-                             num_warps=_num_warps(kvh, d), label=f"kvh{kvh}-d{d}"))
+                             num_warps=_num_warps(kvh, d, tuning), label=f"kvh{kvh}-d{d}"))
     return specs

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 #: Widest row one program handles in a single tile.
 MAX_HIDDEN = 65536
@@ -45,8 +46,9 @@ def _block(hidden: int) -> int:
     return next_power_of_2(hidden)
 
 
-def _num_warps(block: int) -> int:
-    return 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
+def _num_warps(block: int, tuning: KernelTuning) -> int:
+    return tuning.warps(32 if block <= 256 else 128 if block <= 2048 else 256 if block <= 8192
+                        else 512)
 
 
 def _rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
@@ -56,7 +58,7 @@ def _rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
-             residual_out: torch.Tensor | None = None
+             residual_out: torch.Tensor | None = None, tuning: KernelTuning = DEFAULT_TUNING
              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Like ``RMSNorm.forward``: norm(x), or (norm(x + residual), x + residual).
 
@@ -92,12 +94,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
             x2, r2, weight, o2, ro2,
             x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0),
             hidden, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_num_warps(block),
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_num_warps(block, tuning),
         )
     return out if residual is None else (out, residual_out)
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     specs = []
     types = {n: "i32" for n in rms_norm_kernel.arg_names}
     types.update(x_ptr=ptr(dtype), residual_ptr=ptr(dtype), weight_ptr=ptr(dtype),
@@ -106,6 +108,6 @@ def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
         block = _block(hidden)
         specs.append(AotSpec(rms_norm_kernel, types,
                              {"HAS_RESIDUAL": has_residual, "BLOCK": block},
-                             num_warps=_num_warps(block),
+                             num_warps=_num_warps(block, tuning),
                              label=f"hidden{hidden}-residual{int(has_residual)}"))
     return specs

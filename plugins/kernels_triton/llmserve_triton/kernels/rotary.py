@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 
 @triton.jit
@@ -61,14 +62,14 @@ def _constexprs(num_heads: int, num_kv_heads: int, head_dim: int) -> dict:
             "HALF_P": next_power_of_2(half)}
 
 
-def _num_warps(num_heads: int, head_dim: int) -> int:
-    return 4 if num_heads * head_dim >= 2048 else 1
+def _num_warps(num_heads: int, head_dim: int, tuning: KernelTuning) -> int:
+    return tuning.warps(128 if num_heads * head_dim >= 2048 else 32)
 
 
 def rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
            cos_cache: torch.Tensor, sin_cache: torch.Tensor, *, inplace: bool = False,
-           q_out: torch.Tensor | None = None, k_out: torch.Tensor | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           q_out: torch.Tensor | None = None, k_out: torch.Tensor | None = None,
+           tuning: KernelTuning = DEFAULT_TUNING) -> tuple[torch.Tensor, torch.Tensor]:
     """Like ``RotaryEmbedding.forward(positions, q, k)``: q [T, H, D], k [T, KVH, D],
     positions [T]. Returns new tensors, or rotates q and k in place with ``inplace=True``."""
     check_float("q", q)
@@ -95,16 +96,16 @@ def rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
             cos_cache.stride(0),
-            num_warps=_num_warps(num_heads, head_dim),
+            num_warps=_num_warps(num_heads, head_dim, tuning),
             **_constexprs(num_heads, num_kv_heads, head_dim),
         )
     return q_out, k_out
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     types = {n: "i32" for n in rotary_kernel.arg_names}
     types.update(positions_ptr="*i64", q_ptr=ptr(dtype), k_ptr=ptr(dtype), q_out_ptr=ptr(dtype),
                  k_out_ptr=ptr(dtype), cos_ptr="*fp32", sin_ptr="*fp32")
     return [AotSpec(rotary_kernel, types, _constexprs(h, kvh, d),
-                    num_warps=_num_warps(h, d), label=f"h{h}-kvh{kvh}-d{d}")
+                    num_warps=_num_warps(h, d, tuning), label=f"h{h}-kvh{kvh}-d{d}")
             for h, kvh, d in ((32, 8, 128), (14, 2, 64))]

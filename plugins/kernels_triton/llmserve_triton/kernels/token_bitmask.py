@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from llmserve_triton.kernels.common import AotSpec, check_float, next_power_of_2, ptr
+from llmserve_triton.tuning import DEFAULT_TUNING, KernelTuning
 
 BITS_PER_WORD = 32
 #: Tokens one program covers at most (64 mask words): 75 programs per row of a 152K
@@ -53,12 +54,12 @@ def _block(vocab_size: int) -> int:
     return min(MAX_BLOCK, max(BITS_PER_WORD, next_power_of_2(vocab_size)))
 
 
-def _num_warps(block: int) -> int:
-    return 4 if block >= 1024 else 1
+def _num_warps(block: int, tuning: KernelTuning) -> int:
+    return tuning.warps(128 if block >= 1024 else 32)
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor
-                        ) -> None:
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor, *,
+                        tuning: KernelTuning = DEFAULT_TUNING) -> None:
     """Set ``logits[rows[i], t]`` to -inf, in place, where bit ``t % 32`` of word ``t // 32`` of
     ``bitmask[i]`` is 0; rows not named are left alone.
 
@@ -86,12 +87,12 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch
     block = _block(vocab_size)
     apply_token_bitmask_kernel[(num_rows, triton.cdiv(vocab_size, block))](
         logits, bitmask, rows, logits.stride(0), bitmask.stride(0), vocab_size,
-        BLOCK=block, num_warps=_num_warps(block))
+        BLOCK=block, num_warps=_num_warps(block, tuning))
 
 
-def aot_specs(dtype: torch.dtype) -> list[AotSpec]:
+def aot_specs(dtype: torch.dtype, tuning: KernelTuning = DEFAULT_TUNING) -> list[AotSpec]:
     types = {"logits_ptr": ptr(dtype), "bitmask_ptr": "*i32", "rows_ptr": "*i64",
              "stride_logits": "i32", "stride_bitmask": "i32", "vocab_size": "i32"}
     return [AotSpec(apply_token_bitmask_kernel, types, {"BLOCK": _block(v)},
-                    num_warps=_num_warps(_block(v)), label=f"vocab{v}")
+                    num_warps=_num_warps(_block(v), tuning), label=f"vocab{v}")
             for v in (151936, 1000, 37)]
