@@ -26,6 +26,8 @@ were compiled for gfx942 and gfx950 but never measured on AMD silicon (none was 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from llmserve_triton.tuning import KernelTuning
 
 _HIP_HINTS = (("waves_per_eu", 2), ("matrix_instr_nonkdim", 16))
@@ -36,11 +38,7 @@ CDNA3 = KernelTuning(
     attention_warps_tall=8, attention_num_stages=1, backend="hip",
     attention_options=_HIP_HINTS + (("kpack", 2),))
 
-CDNA4 = KernelTuning(
-    "cdna4", warp_size=64, decode_tile_n=64, prefill_block_m=128, prefill_block_m_wide_head=64,
-    prefill_tile_n_narrow_head=64, prefill_tile_n=64, attention_warps=4,
-    attention_warps_tall=8, attention_num_stages=1, backend="hip",
-    attention_options=_HIP_HINTS + (("kpack", 1),))
+CDNA4 = replace(CDNA3, name="cdna4", attention_options=_HIP_HINTS + (("kpack", 1),))
 
 
 def generic_tuning(warp_size: int) -> KernelTuning:
