@@ -88,8 +88,9 @@ def test_no_gpu_means_cpu(gpu):
         select_platform(pm, "cuda")
 
 
-@pytest.mark.parametrize("raw,name", [("gfx942:sramecc+:xnack-", "gfx942"), ("gfx950", "gfx950"),
-                                      ("gfx90a:sramecc-:xnack+", "gfx90a"), (" gfx1100 ", "gfx1100")])
+@pytest.mark.parametrize("raw,name", [
+    ("gfx942:sramecc+:xnack-", "gfx942"), ("gfx950", "gfx950"),
+    ("gfx90a:sramecc-:xnack+", "gfx90a"), (" gfx1100 ", "gfx1100")])
 def test_gcn_arch_names_are_parsed(raw, name):
     assert parse_gcn_arch(raw) == name
 
@@ -125,8 +126,10 @@ def test_an_unlisted_architecture_gets_no_fp8_and_its_own_wave_size(gpu):
 
 def test_without_bf16_float32_checkpoints_run_in_float16(gpu):
     gpu(SimpleNamespace(gcnArchName="gfx906:sramecc+:xnack-", warp_size=64), bf16=False)
-    assert RocmPlatform.arch().bf16 is False
+    assert RocmPlatform.arch().bf16 is None  # not in the table: torch is asked
     assert RocmPlatform.resolve_dtype(torch.float32) is torch.float16
+    gpu(RADEON, bf16=True)
+    assert RocmPlatform.resolve_dtype(torch.float32) is torch.bfloat16
 
 
 def test_the_arch_table_covers_the_instinct_generations_named_in_the_readme():

@@ -25,8 +25,9 @@ class GfxArch:
     #: The e4m3 FP8 format the matrix cores take: CDNA3 implements the "fnuz" variant
     #: (no negative zero, no infinities, bias 8), CDNA4 the OCP one NVIDIA uses.
     fp8_dtype: Optional[torch.dtype]
-    #: Whether the matrix cores take bfloat16 (False: float32 checkpoints run in float16).
-    bf16: bool
+    #: Whether the matrix cores take bfloat16 (False: float32 checkpoints run in float16;
+    #: None: not known here, ask torch).
+    bf16: Optional[bool]
     tuning: KernelTuning
 
 
@@ -45,10 +46,11 @@ def parse_gcn_arch(gcn_arch_name: str) -> str:
     return name
 
 
-def gfx_arch(name: str, warp_size: int = 64, bf16: bool = True) -> GfxArch:
+def gfx_arch(name: str, warp_size: int = 64) -> GfxArch:
     """The table's entry for ``name``, or a conservative one (no FP8, the default tiles at
-    the device's ``warp_size``) for an architecture it does not list."""
+    the device's ``warp_size``, bfloat16 support unknown) for an architecture it does not
+    list."""
     known = KNOWN_ARCHS.get(name)
     if known is not None:
         return known
-    return GfxArch(name, "unknown", (), None, bf16, generic_tuning(warp_size))
+    return GfxArch(name, "unknown", (), None, None, generic_tuning(warp_size))

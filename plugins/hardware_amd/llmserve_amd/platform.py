@@ -61,15 +61,17 @@ class RocmPlatform(GpuPlatform):
                                  f"'gfx942' or 'gfx950', got {forced!r}") from None
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return gfx_arch(parse_gcn_arch(props.gcnArchName),
-                        warp_size=getattr(props, "warp_size", 64),
-                        bf16=torch.cuda.is_bf16_supported())
+                        warp_size=getattr(props, "warp_size", 64))
 
     @classmethod
     def resolve_dtype(cls, checkpoint_dtype: torch.dtype) -> torch.dtype:
         # float32 checkpoints run in a 16-bit type: bfloat16 where the matrix cores take it.
         if checkpoint_dtype != torch.float32:
             return checkpoint_dtype
-        return torch.bfloat16 if cls.arch().bf16 else torch.float16
+        bf16 = cls.arch().bf16
+        if bf16 is None:
+            bf16 = torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
 
     @classmethod
     def device_capability(cls) -> Optional[tuple[int, int]]:
@@ -81,6 +83,8 @@ class RocmPlatform(GpuPlatform):
 
     @classmethod
     def kernel_tuning(cls) -> KernelTuning:
+        """Read by the attention backend once per step: a device-properties lookup (cached
+        by torch) and a table lookup."""
         return cls.arch().tuning
 
     @classmethod

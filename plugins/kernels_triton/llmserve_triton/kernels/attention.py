@@ -332,8 +332,7 @@ def paged_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = _dummy_fp32(q.device)
-    backend = launch_backend(q.device)
-    options = tuning.attention_compile_options(backend) if backend else {}
+    options = _launch_options(tuning, launch_backend(q.device))
     grid = (num_tokens // cfg.block_q + num_seqs, num_kv_heads, num_splits)
     paged_attention_kernel[grid](
         out, q, key_cache, value_cache, block_tables, seq_lens, query_start_loc,
@@ -368,6 +367,13 @@ def _attention_constexprs(cfg: AttentionConfig, qpk: int, head_dim: int, num_spl
             "HEAD_DIM_P": padded_head_dim(head_dim), "BLOCK_M": cfg.block_m,
             "BLOCK_Q": cfg.block_q, "TILE_N": cfg.tile_n, "NUM_SPLITS": num_splits,
             "IS_FP32": dtype == torch.float32, "SLIDING_WINDOW": sliding_window or 0}
+
+
+@functools.cache
+def _launch_options(tuning: KernelTuning, backend: str | None) -> dict:
+    """Built once per (tuning, backend), not per layer and step; None (the interpreter)
+    takes no compiler options."""
+    return tuning.attention_compile_options(backend) if backend else {}
 
 
 def _reduce_constexprs(head_dim: int, num_splits: int) -> dict:
